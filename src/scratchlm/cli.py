@@ -1,0 +1,260 @@
+"""The `scratchlm` command: one subcommand per stage, plus `run` for the whole chain.
+
+Thin on purpose: parse arguments, load and validate the recipe, call the stage, print.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+from scratchlm import __version__
+from scratchlm.config import (
+    Recipe,
+    builtin_recipes,
+    describe_section,
+    load_recipe,
+    recipe_from_dict,
+)
+from scratchlm.errors import ScratchlmError, StageError
+
+STAGE_COMMANDS = {  # command -> (pipeline stage, one-line description)
+    "curate": (
+        "curate",
+        "Read sources, normalise, drop short and duplicate documents -> <work>/curated",
+    ),
+    "tokenizer train": (
+        "tokenizer",
+        "Train a byte-level BPE tokenizer on the curated text -> <work>/tokenizer",
+    ),
+    "tokenize": (
+        "tokenize",
+        "Encode the curated text into train/val token shards -> <work>/tokens",
+    ),
+    "pretrain": ("pretrain", "Pretrain the model on the token shards -> <work>/runs/<name>"),
+}
+
+
+def _settings_help(sections: tuple[str, ...]) -> str:
+    lines = ["settings (override with --set KEY=VALUE):"]
+    for sec in sections:
+        lines += describe_section(Recipe.__dataclass_fields__[sec].default_factory, f"{sec}.")  # type: ignore[arg-type]
+    return "\n".join(lines)
+
+
+def _add_recipe_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "recipe",
+        nargs="?",
+        help=f"recipe YAML file or built-in name ({', '.join(builtin_recipes())}); default: demo",
+    )
+    p.add_argument("--work", metavar="DIR", help="work folder (default: work/<recipe name>)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        metavar="KEY=VALUE",
+        action="append",
+        default=[],
+        help="override a setting, e.g. model.n_layer=6 (repeatable)",
+    )
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from scratchlm.pipeline import SECTIONS, STAGES
+
+    fmt = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(
+        prog="scratchlm",
+        description="Build a language model from scratch: curate, tokenize, pretrain, generate.",
+    )
+    parser.add_argument("--version", action="version", version=f"scratchlm {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser(
+        "run",
+        help="Run every stage in order, skipping those already done",
+        description="Run every stage in order into one work folder, skipping stages whose inputs and settings are unchanged.",
+        epilog=_settings_help(tuple(s for st in STAGES for s in SECTIONS[st])),
+        formatter_class=fmt,
+    )
+    _add_recipe_args(p)
+    p.add_argument(
+        "--force",
+        metavar="STAGE",
+        action="append",
+        default=[],
+        choices=STAGES,
+        help=f"re-run this stage even if it is done ({', '.join(STAGES)}; repeatable)",
+    )
+
+    for name in ("curate", "tokenize", "pretrain"):
+        stage, desc = STAGE_COMMANDS[name]
+        p = sub.add_parser(
+            name,
+            help=desc,
+            description=desc,
+            epilog=_settings_help(SECTIONS[stage]),
+            formatter_class=fmt,
+        )
+        _add_recipe_args(p)
+
+    tok = sub.add_parser("tokenizer", help="Tokenizer commands (train)")
+    tok_sub = tok.add_subparsers(dest="tokenizer_command", required=True, metavar="ACTION")
+    stage, desc = STAGE_COMMANDS["tokenizer train"]
+    p = tok_sub.add_parser(
+        "train",
+        help=desc,
+        description=desc,
+        epilog=_settings_help(SECTIONS[stage]),
+        formatter_class=fmt,
+    )
+    _add_recipe_args(p)
+
+    desc = "Sample text from a trained run folder"
+    p = sub.add_parser(
+        "generate",
+        help=desc,
+        description=desc,
+        epilog=_settings_help(("generate",)),
+        formatter_class=fmt,
+    )
+    p.add_argument("run", help="a run folder, e.g. work/demo/runs/demo")
+    p.add_argument(
+        "--prompt",
+        action="append",
+        help="prompt text (repeatable; default: the run's generate.prompts)",
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        metavar="KEY=VALUE",
+        action="append",
+        default=[],
+        help="override a generate setting, e.g. generate.temperature=0.5",
+    )
+    return parser
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def _describe(result: Any) -> str:
+    s = result.summary
+    if result.stage == "curate":
+        return f"{s['documents_in']:,} documents in, {s['documents_out']:,} kept"
+    if result.stage == "tokenizer":
+        return f"vocab {s['vocab_size']:,} ({s['merges']:,} merges)"
+    if result.stage == "tokenize":
+        return f"{s['tokens']['train']:,} train / {s['tokens']['val']:,} val tokens"
+    if result.stage == "pretrain":
+        return f"{s['parameters']:,} params, val loss {s['initial_val_loss']:.3f} -> {s['final_val_loss']:.3f}, {s['tokens_per_second']:,} tok/s"
+    return f"{len(s.get('samples', []))} samples"
+
+
+def _print_result(result: Any) -> None:
+    status = "ran" if result.ran else "skipped"
+    print(
+        f"  {result.stage:<10} {status:<8} {result.seconds:7.1f} s  {result.out}  {_describe(result)}",
+        flush=True,
+    )
+
+
+def _print_samples(samples: list[dict[str, str]]) -> None:
+    for s in samples:
+        print(f"\n--- prompt: {s['prompt']!r}")
+        print("untrained model:")
+        print("  " + s["untrained"].strip().replace("\n", "\n  "))
+        print("trained model:")
+        print("  " + s["trained"].strip().replace("\n", "\n  "))
+
+
+def _shell_quote(text: str) -> str:
+    """Quote for bash; a prompt with newlines uses $'...' so the command stays on one line."""
+    if "\n" not in text:
+        return shlex.quote(text)
+    return "$'" + text.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n") + "'"
+
+
+def cmd_run(args: argparse.Namespace, recipe: Recipe) -> None:
+    from scratchlm.pipeline import Workspace, run_pipeline
+
+    ws = Workspace.for_recipe(recipe, args.work)
+    print(f"scratchlm run {recipe.name}: work folder {ws.root}", flush=True)
+    results = run_pipeline(
+        recipe, ws, tuple(args.force), progress=not args.quiet, on_result=_print_result
+    )
+    _print_samples(results[-1].summary.get("samples", []))
+    run_dir = ws.out("pretrain")
+    ran = sum(r.ran for r in results)
+    prompt = _shell_quote(recipe.generate.prompts[0] if recipe.generate.prompts else "Hello")
+    rec = f" {args.recipe}" if args.recipe else ""
+    work = f" --work {args.work}" if args.work else ""
+    print(
+        f"\nDone: {ran} stage(s) ran, {len(results) - ran} skipped, {sum(r.seconds for r in results):.1f} s.\n"
+        f"  curated documents  {ws.out('curate')}  (report.json says what was dropped and why)\n"
+        f"  tokenizer          {ws.out('tokenizer')}/tokenizer.json\n"
+        f"  token shards       {ws.out('tokenize')}\n"
+        f"  model run          {run_dir}  (config.yaml, metrics.jsonl, checkpoints/)\n"
+        f"\nNext:\n"
+        f"  scratchlm generate {run_dir} --prompt {prompt}\n"
+        f"  scratchlm run{rec}{work} --set pretrain.max_steps={recipe.pretrain.max_steps * 2}   # train longer: re-runs pretrain only\n"
+        f"  scratchlm run --help                                # every setting"
+    )
+
+
+def cmd_stage(stage: str, args: argparse.Namespace, recipe: Recipe) -> None:
+    from scratchlm.pipeline import Workspace, run_stage
+
+    ws = Workspace.for_recipe(recipe, args.work)
+    result = run_stage(stage, recipe, ws, force=True, progress=not args.quiet)
+    _print_result(result)
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    import yaml
+
+    from scratchlm.config import apply_overrides
+    from scratchlm.infer.generate import generate_text, load_run
+
+    run_dir = Path(args.run)
+    config = run_dir / "config.yaml"
+    if not config.is_file():
+        raise StageError(
+            f"{run_dir} is not a run folder (no config.yaml); runs are in <work>/runs/<name>"
+        )
+    recipe = recipe_from_dict(apply_overrides(yaml.safe_load(config.read_text()), args.overrides))
+    settings = recipe.generate
+    prompts = args.prompt or settings.prompts
+    model, tok = load_run(run_dir)
+    for prompt in prompts:
+        print(generate_text(model, tok, prompt, settings))
+        if len(prompts) > 1:
+            print("---")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "generate":
+            cmd_generate(args)
+            return 0
+        recipe = load_recipe(args.recipe, args.overrides)  # validates everything before any work
+        if args.command == "run":
+            cmd_run(args, recipe)
+        else:
+            name = "tokenizer train" if args.command == "tokenizer" else args.command
+            cmd_stage(STAGE_COMMANDS[name][0], args, recipe)
+        return 0
+    except ScratchlmError as e:
+        print(f"scratchlm: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(
+            "scratchlm: interrupted; finished stages are kept, the interrupted one re-runs next time",
+            file=sys.stderr,
+        )
+        return 130

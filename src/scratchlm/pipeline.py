@@ -1,0 +1,253 @@
+"""The chain of stages, each writing one folder of the work directory, with a stage cache.
+
+    <work>/curated/    curate      sources -> cleaned documents
+    <work>/tokenizer/  tokenizer   documents -> tokenizer.json
+    <work>/tokens/     tokenize    documents + tokenizer -> token shards
+    <work>/runs/NAME/  pretrain    token shards -> checkpoints
+    <work>/samples/    sample      checkpoint -> text before and after training
+
+Each stage ends by writing `manifest.json` (atomically, last) with a key: the hash of its
+settings, of its upstream stages' outputs and of its source files. A stage whose manifest
+key matches and whose outputs are all present is skipped; a stage interrupted before its
+manifest was written has no manifest, so it runs again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from scratchlm import __version__
+from scratchlm.config import Recipe
+from scratchlm.errors import StageError
+from scratchlm.io import atomic_dir, atomic_write_json, file_sha256, json_sha256
+
+STAGES = ("curate", "tokenizer", "tokenize", "pretrain", "sample")
+SECTIONS = {  # which recipe sections decide each stage's output
+    "curate": ("curate",),
+    "tokenizer": ("tokenizer",),
+    "tokenize": ("tokenize",),
+    "pretrain": ("model", "pretrain"),
+    "sample": ("generate",),
+}
+UPSTREAM = {
+    "curate": (),
+    "tokenizer": ("curate",),
+    "tokenize": ("curate", "tokenizer"),
+    "pretrain": ("tokenizer", "tokenize"),
+    "sample": ("pretrain",),
+}
+FOLDERS = {"curate": "curated", "tokenizer": "tokenizer", "tokenize": "tokens", "sample": "samples"}
+MANIFEST = "manifest.json"
+
+
+@dataclass(frozen=True)
+class Workspace:
+    root: Path
+    run_name: str
+
+    def out(self, stage: str) -> Path:
+        if stage == "pretrain":
+            return self.root / "runs" / self.run_name
+        return self.root / FOLDERS[stage]
+
+    @classmethod
+    def for_recipe(cls, recipe: Recipe, root: str | Path | None = None) -> Workspace:
+        return cls(Path(root) if root else Path("work") / recipe.name, recipe.pretrain.name)
+
+
+@dataclass
+class StageResult:
+    stage: str
+    ran: bool
+    seconds: float
+    out: Path
+    summary: dict[str, Any]
+
+
+def read_manifest(out: Path) -> dict[str, Any] | None:
+    import json
+
+    try:
+        return json.loads((out / MANIFEST).read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def stage_key(stage: str, recipe: Recipe, ws: Workspace) -> str:
+    payload: dict[str, Any] = {
+        "stage": stage,
+        "version": __version__,
+        "settings": {sec: dataclasses.asdict(getattr(recipe, sec)) for sec in SECTIONS[stage]},
+        "upstream": {},
+    }
+    for up in UPSTREAM[stage]:
+        manifest = read_manifest(ws.out(up))
+        if manifest is None:
+            raise StageError(
+                f"stage {stage} needs the output of stage {up} in {ws.out(up)}: run `scratchlm {_command(up)}` first"
+            )
+        payload["upstream"][up] = manifest["digest"]
+    if stage == "curate":
+        from scratchlm.data.sources import fingerprint_sources
+
+        payload["sources"] = fingerprint_sources(recipe.curate.sources)
+    return json_sha256(payload)
+
+
+def _command(stage: str) -> str:
+    return {"tokenizer": "tokenizer train", "sample": "run"}.get(stage, stage)
+
+
+def _outputs(out: Path) -> dict[str, dict[str, Any]]:
+    files = sorted(p for p in out.rglob("*") if p.is_file() and p.name != MANIFEST)
+    return {
+        str(p.relative_to(out)): {"size": p.stat().st_size, "sha256": file_sha256(p)} for p in files
+    }
+
+
+def is_fresh(stage: str, key: str, ws: Workspace) -> bool:
+    out = ws.out(stage)
+    manifest = read_manifest(out)
+    if manifest is None or manifest.get("key") != key:
+        return False
+    for rel, info in manifest["outputs"].items():
+        p = out / rel
+        if not p.is_file() or p.stat().st_size != info["size"]:
+            return False
+    return True
+
+
+# --------------------------------------------------------------------------- the stages
+
+
+def _run_curate(recipe: Recipe, ws: Workspace, out: Path, progress: bool) -> dict[str, Any]:
+    from scratchlm.data.curate import curate
+
+    report = curate(recipe.curate, out, progress)
+    return {k: report[k] for k in ("documents_in", "documents_out", "chars_out")} | {
+        "dropped": {r: d["count"] for r, d in report["dropped"].items()}
+    }
+
+
+def _run_tokenizer(recipe: Recipe, ws: Workspace, out: Path, progress: bool) -> dict[str, Any]:
+    from scratchlm.data.curate import iter_curated_texts
+    from scratchlm.tokenizer.train import train_tokenizer_stage
+
+    return train_tokenizer_stage(
+        iter_curated_texts(ws.out("curate")), recipe.tokenizer, out, progress
+    )
+
+
+def _run_tokenize(recipe: Recipe, ws: Workspace, out: Path, progress: bool) -> dict[str, Any]:
+    from scratchlm.data.curate import iter_curated_texts
+    from scratchlm.tokenizer.shards import tokenize_corpus
+    from scratchlm.tokenizer.tokenizer import Tokenizer
+
+    tok = Tokenizer.load(ws.out("tokenizer") / "tokenizer.json")
+    meta = tokenize_corpus(
+        iter_curated_texts(ws.out("curate")), tok, recipe.tokenize, out, progress
+    )
+    return {
+        "tokens": meta["tokens"],
+        "documents": meta["documents"],
+        "tokens_per_second": meta["tokens_per_second"],
+    }
+
+
+def _run_pretrain(recipe: Recipe, ws: Workspace, out: Path, progress: bool) -> dict[str, Any]:
+    from scratchlm.train.loop import pretrain
+
+    return pretrain(
+        recipe, ws.out("tokenize"), ws.out("tokenizer") / "tokenizer.json", out, progress
+    )
+
+
+def _run_sample(recipe: Recipe, ws: Workspace, out: Path, progress: bool) -> dict[str, Any]:
+    from scratchlm.infer.generate import before_after_samples
+
+    samples = before_after_samples(ws.out("pretrain"), recipe.generate, recipe.pretrain.seed)
+    atomic_write_json(out / "samples.json", samples)
+    return {"samples": samples}
+
+
+RUNNERS: dict[str, Callable[[Recipe, Workspace, Path, bool], dict[str, Any]]] = {
+    "curate": _run_curate,
+    "tokenizer": _run_tokenizer,
+    "tokenize": _run_tokenize,
+    "pretrain": _run_pretrain,
+    "sample": _run_sample,
+}
+
+
+def run_stage(
+    stage: str, recipe: Recipe, ws: Workspace, *, force: bool = True, progress: bool = True
+) -> StageResult:
+    """Run one stage (or skip it when fresh and not forced) and write its manifest."""
+    key = stage_key(stage, recipe, ws)
+    out = ws.out(stage)
+    if not force and is_fresh(stage, key, ws):
+        manifest = read_manifest(out) or {}
+        return StageResult(stage, False, 0.0, out, manifest.get("summary", {}))
+    start = time.time()
+    settings_yaml = yaml.safe_dump(
+        {sec: dataclasses.asdict(getattr(recipe, sec)) for sec in SECTIONS[stage]}, sort_keys=False
+    )
+    if stage == "pretrain":
+        # A run folder is trained in place (checkpoints appear as it goes); an unfinished
+        # earlier attempt is discarded so the new run starts clean.
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir(parents=True)
+        summary = RUNNERS[stage](recipe, ws, out, progress)
+        (out / "settings.yaml").write_text(settings_yaml)
+    else:
+        # The folder appears under its name only when the stage succeeded.
+        with atomic_dir(out) as tmp:
+            summary = RUNNERS[stage](recipe, ws, tmp, progress)
+            (tmp / "settings.yaml").write_text(settings_yaml)
+    outputs = _outputs(out)
+    seconds = round(time.time() - start, 2)
+    atomic_write_json(
+        out / MANIFEST,
+        {
+            "stage": stage,
+            "key": key,
+            "digest": json_sha256(outputs),
+            "outputs": outputs,
+            "summary": summary,
+            "seconds": seconds,
+            "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        },
+    )
+    return StageResult(stage, True, seconds, out, summary)
+
+
+def run_pipeline(
+    recipe: Recipe,
+    ws: Workspace,
+    force: tuple[str, ...] = (),
+    progress: bool = True,
+    on_result: Callable[[StageResult], None] | None = None,
+) -> list[StageResult]:
+    """Run every stage in order, skipping the fresh ones. A forced stage re-runs; so does
+    everything downstream of it whose inputs changed as a result."""
+    unknown = set(force) - set(STAGES)
+    if unknown:
+        raise StageError(
+            f"--force {', '.join(sorted(unknown))}: not a stage; stages are {', '.join(STAGES)}"
+        )
+    results = []
+    for stage in STAGES:
+        result = run_stage(stage, recipe, ws, force=stage in force, progress=progress)
+        if on_result:
+            on_result(result)
+        results.append(result)
+    return results

@@ -1,0 +1,148 @@
+"""The `tokenize` stage: encode a corpus into flat token files, split by document.
+
+Output folder:
+    train_000.bin, val_000.bin ...   token ids, uint16 when the vocab fits, else uint32;
+                                     each document is followed by one <|endoftext|>
+    meta.json                        vocab size, dtype, token counts, tokenizer fingerprint
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Iterable, Iterator
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from scratchlm.config import TokenizeSettings
+from scratchlm.errors import StageError
+from scratchlm.io import atomic_write_json
+from scratchlm.tokenizer.tokenizer import Tokenizer
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    return np.dtype(np.uint16) if vocab_size <= 2**16 else np.dtype(np.uint32)
+
+
+class ShardWriter:
+    """Appends token arrays to <split>_000.bin, <split>_001.bin ... of at most `shard_tokens`."""
+
+    def __init__(self, out_dir: Path, split: str, dtype: np.dtype, shard_tokens: int):
+        self.out_dir, self.split, self.dtype, self.shard_tokens = (
+            out_dir,
+            split,
+            dtype,
+            shard_tokens,
+        )
+        self.files: list[str] = []
+        self.tokens = 0
+        self._f = None
+        self._in_shard = 0
+
+    def write(self, ids: np.ndarray) -> None:
+        while len(ids):
+            if self._f is None or self._in_shard == self.shard_tokens:
+                self._open_next()
+            take = min(len(ids), self.shard_tokens - self._in_shard)
+            ids[:take].astype(self.dtype).tofile(self._f)
+            self._in_shard += take
+            self.tokens += take
+            ids = ids[take:]
+
+    def _open_next(self) -> None:
+        self.close()
+        name = f"{self.split}_{len(self.files):03d}.bin"
+        self.files.append(name)
+        self._f = open(self.out_dir / name, "wb")  # noqa: SIM115 (held across write calls; closed in close())
+        self._in_shard = 0
+
+    def close(self) -> None:
+        if self._f is not None:
+            self._f.close()
+            self._f = None
+
+
+def _is_val(doc_index: int, seed: int, fraction: float) -> bool:
+    # A hash of (seed, position) rather than a shared RNG: the split of a document does not
+    # depend on how documents are batched or how many threads encode them.
+    h = hashlib.blake2b(f"{seed}:{doc_index}".encode(), digest_size=8).digest()
+    return int.from_bytes(h, "little") / 2**64 < fraction
+
+
+def _batches(texts: Iterable[str], size: int) -> Iterator[list[str]]:
+    it = iter(texts)
+    while batch := list(islice(it, size)):
+        yield batch
+
+
+def tokenize_corpus(
+    texts: Iterable[str],
+    tok: Tokenizer,
+    settings: TokenizeSettings,
+    out_dir: Path,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Encode every text into train/val shards in `out_dir`; return the contents of meta.json."""
+    start = time.time()
+    dtype = token_dtype(tok.vocab_size)
+    writers = {s: ShardWriter(out_dir, s, dtype, settings.shard_tokens) for s in ("train", "val")}
+    docs = {"train": 0, "val": 0}
+    eot = np.array([tok.eot_id], dtype=np.int64)
+    held_back: np.ndarray | None = None  # the last train document, kept in case val stays empty
+    index = 0
+    bar = tqdm(desc="tokenize", unit="tok", unit_scale=True, disable=not progress)
+    try:
+        for batch in _batches(texts, 256):
+            for ids in tok.encode_batch(batch, settings.threads):
+                arr = np.concatenate([np.asarray(ids, dtype=np.int64), eot])
+                if settings.val_fraction and _is_val(index, settings.seed, settings.val_fraction):
+                    writers["val"].write(arr)
+                    docs["val"] += 1
+                else:
+                    if held_back is not None:
+                        writers["train"].write(held_back)
+                    held_back = arr
+                    docs["train"] += 1
+                index += 1
+                bar.update(len(arr))
+        if held_back is not None:
+            if settings.val_fraction and docs["val"] == 0 and docs["train"] > 1:
+                split = "val"  # a tiny corpus: give validation at least one document
+                docs["train"] -= 1
+                docs["val"] += 1
+            else:
+                split = "train"
+            writers[split].write(held_back)
+    finally:
+        bar.close()
+        for w in writers.values():
+            w.close()
+    if writers["train"].tokens == 0:
+        raise StageError("tokenize: no training tokens were produced (is the corpus empty?)")
+    seconds = time.time() - start
+    total = writers["train"].tokens + writers["val"].tokens
+    meta = {
+        "vocab_size": tok.vocab_size,
+        "dtype": dtype.name,
+        "eot_id": tok.eot_id,
+        "tokenizer": tok.fingerprint(),
+        "documents": docs,
+        "tokens": {s: w.tokens for s, w in writers.items()},
+        "files": {s: w.files for s, w in writers.items()},
+        "seconds": round(seconds, 2),
+        "tokens_per_second": round(total / max(seconds, 1e-9)),
+    }
+    atomic_write_json(out_dir / "meta.json", meta)
+    return meta
+
+
+def load_meta(tokens_dir: Path) -> dict[str, Any]:
+    path = tokens_dir / "meta.json"
+    if not path.is_file():
+        raise StageError(f"{tokens_dir} has no meta.json: run `scratchlm tokenize` first")
+    return json.loads(path.read_text())

@@ -1,0 +1,54 @@
+"""The `tokenizer train` stage: learn BPE merges from a stream of texts and save tokenizer.json."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from scratchlm.config import TokenizerSettings
+from scratchlm.errors import StageError
+from scratchlm.tokenizer.bpe import count_pretokens, train_bpe
+from scratchlm.tokenizer.tokenizer import Tokenizer
+
+
+def _take_chars(texts: Iterable[str], limit: int) -> Iterator[str]:
+    used = 0
+    for text in texts:
+        if limit and used >= limit:
+            return
+        text = text[: limit - used] if limit else text
+        used += len(text)
+        yield text
+
+
+def train_tokenizer(
+    texts: Iterable[str], settings: TokenizerSettings, progress: bool = True
+) -> Tokenizer:
+    """Train a byte-level BPE tokenizer of `settings.vocab_size` tokens (bytes + merges + specials)."""
+    num_merges = settings.vocab_size - 256 - len(settings.special_tokens)
+    if num_merges < 0:
+        raise StageError(
+            f"tokenizer.vocab_size={settings.vocab_size} leaves no room for 256 bytes "
+            f"and {len(settings.special_tokens)} special tokens"
+        )
+    counts = count_pretokens(_take_chars(texts, settings.max_chars), settings.pattern)
+    if not counts:
+        raise StageError("tokenizer: the training text is empty")
+    merges = train_bpe(counts, num_merges, progress=progress)
+    return Tokenizer(merges, settings.pattern, settings.special_tokens)
+
+
+def train_tokenizer_stage(
+    texts: Iterable[str], settings: TokenizerSettings, out_dir: Path, progress: bool = True
+) -> dict[str, Any]:
+    start = time.time()
+    tok = train_tokenizer(texts, settings, progress)
+    tok.save(out_dir / "tokenizer.json")
+    return {
+        "vocab_size": tok.vocab_size,
+        "merges": len(tok.merges),
+        "fingerprint": tok.fingerprint(),
+        "seconds": round(time.time() - start, 2),
+    }

@@ -1,0 +1,76 @@
+"""Checkpoints: weights in safetensors, training state beside them, written atomically.
+
+    <run>/checkpoints/step_000600/model.safetensors   the weights (any tool can read them)
+                                  state.pt            optimizer state, step (tensors only)
+                                  meta.json           step, validation loss, model config
+A checkpoint folder is built under a temporary name and renamed when complete, so a
+folder named step_* is always whole.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from scratchlm.config import ModelConfig
+from scratchlm.errors import StageError
+from scratchlm.io import atomic_dir
+
+
+def save_checkpoint(
+    run_dir: Path,
+    step: int,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    meta: dict[str, Any],
+) -> Path:
+    path = run_dir / "checkpoints" / f"step_{step:06d}"
+    with atomic_dir(path) as tmp:
+        # safetensors refuses shared storage; the tied lm_head is rebuilt from wte on load.
+        state = {
+            k: v.detach().cpu().contiguous()
+            for k, v in model.state_dict().items()
+            if k != "lm_head.weight"
+        }
+        save_file(state, str(tmp / "model.safetensors"))
+        if optimizer is not None:
+            torch.save({"optimizer": optimizer.state_dict(), "step": step}, tmp / "state.pt")
+        (tmp / "meta.json").write_text(json.dumps({"step": step, **meta}, indent=2))
+    return path
+
+
+def latest_checkpoint(run_dir: Path) -> Path:
+    ckpts = sorted((run_dir / "checkpoints").glob("step_*[0-9]"))
+    if not ckpts:
+        raise StageError(f"{run_dir} has no checkpoint: train it with `scratchlm pretrain` first")
+    return ckpts[-1]
+
+
+def load_model_config(run_dir: Path) -> ModelConfig:
+    import yaml
+
+    from scratchlm.config import build
+
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        raise StageError(f"{run_dir} is not a run folder (no config.yaml)")
+    return build(ModelConfig, yaml.safe_load(path.read_text())["model"], "model.")
+
+
+def load_weights(model: torch.nn.Module, ckpt: Path) -> None:
+    state = load_file(str(ckpt / "model.safetensors"))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if k != "lm_head.weight"]
+    if missing or unexpected:
+        raise StageError(
+            f"{ckpt}: weights do not fit the model (missing {missing}, unexpected {unexpected})"
+        )
+
+
+def model_config_dict(cfg: ModelConfig) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)

@@ -1,0 +1,51 @@
+"""Shared fixtures: a tiny recipe over the Python docs that ship with CPython (no download)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from scratchlm.config import Recipe, recipe_from_dict
+
+
+def tiny_recipe_dict(**sections) -> dict:
+    """A recipe that runs the whole chain in seconds on a CPU."""
+    data = {
+        "name": "tiny",
+        "curate": {"sources": ["builtin:pydoc"], "min_words": 20, "max_docs": 60},
+        "tokenizer": {"vocab_size": 320},
+        "tokenize": {"val_fraction": 0.1},
+        "model": {"block_size": 32, "n_layer": 1, "n_head": 2, "n_embd": 32},
+        "pretrain": {
+            "name": "tiny",
+            "max_steps": 60,
+            "batch_size": 8,
+            "lr": 0.01,
+            "warmup_steps": 5,
+            "eval_every": 30,
+            "eval_batches": 4,
+            "threads": 1,
+        },
+        "generate": {"prompts": ["The "], "max_new_tokens": 12},
+    }
+    for name, values in sections.items():
+        data[name].update(values)
+    return data
+
+
+def tiny_recipe(**sections) -> Recipe:
+    return recipe_from_dict(tiny_recipe_dict(**sections))
+
+
+@pytest.fixture
+def write_recipe(tmp_path: Path):
+    """Write a tiny recipe YAML (with section updates) and return its path."""
+    import yaml
+
+    def write(**sections) -> Path:
+        path = tmp_path / "recipe.yaml"
+        path.write_text(yaml.safe_dump(tiny_recipe_dict(**sections)))
+        return path
+
+    return write

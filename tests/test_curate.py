@@ -1,0 +1,120 @@
+from __future__ import annotations
+
+import gzip
+import json
+
+import pytest
+
+from scratchlm.config import CurateSettings
+from scratchlm.data.curate import curate, iter_curated, normalize
+from scratchlm.errors import StageError
+
+
+def words(n: int, word: str = "word") -> str:
+    return " ".join(f"{word}{i}" for i in range(n))
+
+
+def test_normalize():
+    assert normalize("Cafe\u0301  \r\nline two\t\r\n\n\n\n\nend  ") == "Café\nline two\n\nend"
+
+
+def test_min_words_threshold_is_inclusive(tmp_path):
+    src = tmp_path / "docs.jsonl"
+    src.write_text("\n".join(json.dumps({"text": words(n, f"w{n}_")}) for n in (4, 5, 6)) + "\n")
+    report = curate(
+        CurateSettings(sources=[str(src)], min_words=5), tmp_path / "out", progress=False
+    )
+    kept = [len(d["text"].split()) for d in iter_curated(tmp_path / "out")]
+    assert kept == [5, 6]
+    assert report["dropped"]["too_few_words"] == {"count": 1, "examples": ["docs.jsonl#1"]}
+
+
+def test_exact_duplicates_after_normalisation_are_dropped(tmp_path):
+    src = tmp_path / "docs.jsonl"
+    a = words(10)
+    src.write_text(
+        "\n".join(json.dumps({"text": t}) for t in (a, a + "   \n\n\n", words(10, "x"))) + "\n"
+    )
+    report = curate(
+        CurateSettings(sources=[str(src)], min_words=1), tmp_path / "out", progress=False
+    )
+    assert report["documents_out"] == 2
+    assert report["dropped"]["exact_duplicate"]["examples"] == ["docs.jsonl#2"]
+    report = curate(
+        CurateSettings(sources=[str(src)], min_words=1, dedup=False),
+        tmp_path / "out2",
+        progress=False,
+    )
+    assert report["documents_out"] == 3
+
+
+def test_bad_records_are_counted_not_fatal(tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "a.jsonl").write_text(
+        json.dumps({"text": words(8)})
+        + "\n{not json\n"
+        + json.dumps({"body": "x"})
+        + "\n"
+        + json.dumps({"text": 3})
+        + "\n"
+    )
+    (folder / "b.txt").write_bytes(b"caf\xe9 " + words(8).encode())
+    (folder / "c.txt").write_bytes(b"\x00\x01binary")
+    (folder / "d.jsonl.gz").write_bytes(
+        gzip.compress((json.dumps({"text": words(9, "g")}) + "\n").encode())
+    )
+    (folder / "e.txt").write_text("   \n")
+    report = curate(
+        CurateSettings(sources=[str(folder)], min_words=3), tmp_path / "out", progress=False
+    )
+    assert report["bad_input"] == {
+        "malformed_json_line": 1,
+        "missing_text_field": 2,
+        "invalid_utf8_repaired": 1,
+        "binary_file": 1,
+    }
+    assert report["documents_out"] == 3
+    assert report["dropped"]["empty"]["count"] == 1
+    docs = list(iter_curated(tmp_path / "out"))
+    assert docs[0]["id"] == "a.jsonl#1" and docs[0]["meta"]["position"] == 1
+    assert "\ufffd" in docs[1]["text"]
+
+
+def test_max_docs(tmp_path):
+    report = curate(
+        CurateSettings(sources=["builtin:pydoc"], min_words=0, max_docs=7),
+        tmp_path / "out",
+        progress=False,
+    )
+    assert report["documents_in"] == 7
+
+
+def test_missing_source_is_an_error(tmp_path):
+    with pytest.raises(StageError, match="does not exist"):
+        curate(
+            CurateSettings(sources=[str(tmp_path / "nope.txt")]), tmp_path / "out", progress=False
+        )
+    with pytest.raises(StageError, match="matches no file"):
+        curate(
+            CurateSettings(sources=[str(tmp_path / "*.jsonl")]), tmp_path / "out", progress=False
+        )
+    with pytest.raises(StageError, match="unknown builtin corpus"):
+        curate(CurateSettings(sources=["builtin:nope"]), tmp_path / "out", progress=False)
+
+
+def test_nothing_surviving_is_an_error_with_reasons(tmp_path):
+    src = tmp_path / "short.txt"
+    src.write_text("too short")
+    with pytest.raises(StageError, match="no document survived out of 1 .*too_few_words: 1"):
+        curate(CurateSettings(sources=[str(src)], min_words=50), tmp_path / "out", progress=False)
+
+
+def test_shards_split_at_shard_docs(tmp_path):
+    report = curate(
+        CurateSettings(sources=["builtin:pydoc"], max_docs=25, min_words=0, shard_docs=10),
+        tmp_path / "out",
+        progress=False,
+    )
+    assert report["shards"] == ["docs_00000.jsonl", "docs_00001.jsonl", "docs_00002.jsonl"]
+    assert len(list(iter_curated(tmp_path / "out"))) == report["documents_out"]

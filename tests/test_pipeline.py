@@ -1,0 +1,137 @@
+"""The stage cache: skip what is done, re-run what changed or was interrupted."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import tiny_recipe
+
+from scratchlm.errors import StageError
+from scratchlm.pipeline import Workspace, is_fresh, read_manifest, run_pipeline, stage_key
+
+
+def ran(results) -> list[str]:
+    return [r.stage for r in results if r.ran]
+
+
+def text_sources(tmp_path: Path) -> Path:
+    folder = tmp_path / "src"
+    folder.mkdir()
+    from pydoc_data.topics import topics
+
+    for i, text in enumerate(list(topics.values())[:40]):
+        (folder / f"doc{i:02d}.txt").write_text(text)
+    return folder
+
+
+@pytest.fixture
+def done(tmp_path):
+    """A workspace where the whole tiny chain has run once, on text files we can change."""
+    folder = text_sources(tmp_path)
+    recipe = tiny_recipe(
+        curate={"sources": [str(folder)]}, pretrain={"max_steps": 10, "eval_every": 10}
+    )
+    ws = Workspace(tmp_path / "work", recipe.pretrain.name)
+    results = run_pipeline(recipe, ws, progress=False)
+    assert ran(results) == ["curate", "tokenizer", "tokenize", "pretrain", "sample"]
+    return recipe, ws, folder
+
+
+def test_second_run_skips_every_stage(done):
+    recipe, ws, _ = done
+    start = time.time()
+    assert ran(run_pipeline(recipe, ws, progress=False)) == []
+    assert time.time() - start < 10
+
+
+def test_changed_settings_rerun_that_stage_and_what_depends_on_it(done):
+    recipe, ws, _ = done
+    recipe.tokenize.seed = 99
+    assert ran(run_pipeline(recipe, ws, progress=False)) == ["tokenize", "pretrain", "sample"]
+    recipe.generate.max_new_tokens = 5
+    assert ran(run_pipeline(recipe, ws, progress=False)) == ["sample"]
+
+
+def test_changed_input_file_reruns_from_curation(done):
+    recipe, ws, folder = done
+    (folder / "doc00.txt").write_text("A brand new document about something else entirely. " * 30)
+    assert ran(run_pipeline(recipe, ws, progress=False)) == [
+        "curate",
+        "tokenizer",
+        "tokenize",
+        "pretrain",
+        "sample",
+    ]
+
+
+def test_forced_stage_with_identical_output_leaves_downstream_alone(done):
+    recipe, ws, _ = done
+    # The tokenizer is deterministic: forcing it reproduces the same file, so the tokens stand.
+    assert ran(run_pipeline(recipe, ws, force=("tokenizer",), progress=False)) == ["tokenizer"]
+
+
+def test_missing_output_file_reruns_the_stage(done):
+    recipe, ws, _ = done
+    (ws.out("tokenize") / "meta.json").unlink()
+    assert "tokenize" in ran(run_pipeline(recipe, ws, progress=False))
+
+
+def test_stage_without_its_upstream_says_what_to_run(tmp_path):
+    recipe = tiny_recipe()
+    with pytest.raises(StageError, match="run `scratchlm curate` first"):
+        stage_key("tokenizer", recipe, Workspace(tmp_path, "tiny"))
+
+
+def test_crash_inside_a_stage_leaves_no_output_folder(tmp_path, monkeypatch):
+    import scratchlm.data.curate as curate_module
+
+    calls = {"n": 0}
+    real = curate_module.normalize
+
+    def crash_after_ten(text):
+        calls["n"] += 1
+        if calls["n"] > 10:
+            raise RuntimeError("simulated crash")
+        return real(text)
+
+    monkeypatch.setattr(curate_module, "normalize", crash_after_ten)
+    ws = Workspace(tmp_path / "work", "tiny")
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_pipeline(tiny_recipe(), ws, progress=False)
+    assert not ws.out("curate").exists()
+    assert list((tmp_path / "work").iterdir()) == []  # no temp folder left behind either
+
+
+def test_interrupted_stage_reruns(tmp_path, write_recipe):
+    """Kill `scratchlm run` in the middle of pretraining; the next run skips the finished
+    stages and trains again, because the killed stage never wrote its manifest."""
+    recipe_path = write_recipe(pretrain={"max_steps": 100_000, "eval_every": 1000})
+    work = tmp_path / "work"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "scratchlm", "run", str(recipe_path), "--work", str(work), "-q"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metrics = work / "runs" / "tiny" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (metrics.exists() and metrics.stat().st_size > 200):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert metrics.exists(), "pretraining never started"
+
+    from scratchlm.config import load_recipe
+
+    recipe = load_recipe(str(recipe_path))
+    ws = Workspace(work, "tiny")
+    assert read_manifest(ws.out("pretrain")) is None
+    assert all(
+        is_fresh(s, stage_key(s, recipe, ws), ws) for s in ("curate", "tokenizer", "tokenize")
+    )
+
+    recipe.pretrain.max_steps = 20  # the same interrupted stage, now short enough to finish
+    assert ran(run_pipeline(recipe, ws, progress=False)) == ["pretrain", "sample"]

@@ -1,0 +1,89 @@
+from __future__ import annotations
+
+import numpy as np
+
+from scratchlm.config import TokenizerSettings, TokenizeSettings
+from scratchlm.tokenizer.shards import tokenize_corpus
+from scratchlm.tokenizer.train import train_tokenizer
+
+
+def corpus() -> list[str]:
+    from pydoc_data.topics import topics
+
+    return list(topics.values())[:30]
+
+
+def read_split(out, meta, split) -> np.ndarray:
+    parts = [np.fromfile(out / f, dtype=meta["dtype"]) for f in meta["files"][split]]
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=meta["dtype"])
+
+
+def test_shards_hold_every_document_followed_by_endoftext(tmp_path):
+    texts = corpus()
+    tok = train_tokenizer(texts, TokenizerSettings(vocab_size=400), progress=False)
+    meta = tokenize_corpus(
+        texts, tok, TokenizeSettings(val_fraction=0.2, seed=1), tmp_path, progress=False
+    )
+    assert meta["dtype"] == "uint16"
+    train, val = read_split(tmp_path, meta, "train"), read_split(tmp_path, meta, "val")
+    assert meta["tokens"] == {"train": len(train), "val": len(val)}
+    assert meta["documents"]["train"] + meta["documents"]["val"] == len(texts)
+    assert meta["documents"]["val"] > 0
+    # Each split is a concatenation of documents, each ending with exactly one <|endoftext|>.
+    expected = {tuple(tok.encode(t)) + (tok.eot_id,) for t in texts}
+    for split in (train, val):
+        assert split[-1] == tok.eot_id
+        ends = np.flatnonzero(split == tok.eot_id)
+        docs = np.split(split, ends[:-1] + 1)
+        assert all(tuple(d.tolist()) in expected for d in docs)
+    assert len(train) + len(val) == sum(len(tok.encode(t)) + 1 for t in texts)
+
+
+def test_split_is_fixed_by_seed(tmp_path):
+    texts = corpus()
+    tok = train_tokenizer(texts, TokenizerSettings(vocab_size=300), progress=False)
+    runs = []
+    for i, seed in enumerate((7, 7, 8)):
+        out = tmp_path / str(i)
+        out.mkdir()
+        meta = tokenize_corpus(
+            texts,
+            tok,
+            TokenizeSettings(val_fraction=0.3, seed=seed, threads=1 + i),
+            out,
+            progress=False,
+        )
+        runs.append(read_split(out, meta, "val").tolist())
+    assert runs[0] == runs[1]
+    assert runs[0] != runs[2]
+
+
+def test_small_shards_concatenate_to_the_whole(tmp_path):
+    texts = corpus()
+    tok = train_tokenizer(texts, TokenizerSettings(vocab_size=300), progress=False)
+    (tmp_path / "one").mkdir()
+    (tmp_path / "many").mkdir()
+    one = tokenize_corpus(
+        texts, tok, TokenizeSettings(val_fraction=0.0), tmp_path / "one", progress=False
+    )
+    many = tokenize_corpus(
+        texts,
+        tok,
+        TokenizeSettings(val_fraction=0.0, shard_tokens=2000),
+        tmp_path / "many",
+        progress=False,
+    )
+    assert len(many["files"]["train"]) > 1
+    assert all((tmp_path / "many" / f).stat().st_size <= 2000 * 2 for f in many["files"]["train"])
+    assert np.array_equal(
+        read_split(tmp_path / "one", one, "train"), read_split(tmp_path / "many", many, "train")
+    )
+
+
+def test_tiny_corpus_still_gets_a_validation_document(tmp_path):
+    texts = corpus()[:3]
+    tok = train_tokenizer(texts, TokenizerSettings(vocab_size=300), progress=False)
+    meta = tokenize_corpus(
+        texts, tok, TokenizeSettings(val_fraction=0.01), tmp_path, progress=False
+    )
+    assert meta["documents"] == {"train": 2, "val": 1}

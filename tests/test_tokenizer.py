@@ -1,0 +1,95 @@
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from scratchlm.config import TokenizerSettings
+from scratchlm.tokenizer.bpe import PATTERNS, count_pretokens, encode_chunk, train_bpe
+from scratchlm.tokenizer.tokenizer import ENDOFTEXT, Tokenizer
+from scratchlm.tokenizer.train import train_tokenizer
+
+
+def test_worked_example_with_a_tie():
+    # aaabdaaabac: aa (4) first; then (aa,a) and (a,b) tie at 2 and ("aa","a") > ("a","b").
+    merges = train_bpe({b"aaabdaaabac": 1}, 3)
+    assert merges == [(97, 97), (256, 97), (257, 98)]
+
+
+def test_tie_goes_to_the_greater_byte_pair():
+    # "ab" and "cd" both occur twice: ("c","d") > ("a","b") wins the tie.
+    assert train_bpe({b"ab": 2, b"cd": 2}, 1) == [(99, 100)]
+    # A prefix sorts before its extension: ("b", "c") < ("bb", "a")... counts decide first.
+    assert train_bpe({b"ab": 3, b"cd": 2}, 1) == [(97, 98)]
+
+
+def test_counts_weight_words():
+    merges = train_bpe({b"xy": 5, b"yz": 4}, 1)
+    assert merges == [(ord("x"), ord("y"))]
+
+
+def test_stops_when_nothing_is_left_to_merge():
+    assert len(train_bpe({b"abc": 1}, 10)) == 2
+
+
+@pytest.fixture(scope="module")
+def pydoc_tokenizer() -> Tokenizer:
+    from pydoc_data.topics import topics
+
+    texts = list(topics.values())[:40]
+    return train_tokenizer(texts, TokenizerSettings(vocab_size=600), progress=False)
+
+
+def test_vocab_size_and_unique_tokens(pydoc_tokenizer):
+    tok = pydoc_tokenizer
+    assert tok.vocab_size == 600
+    assert len(set(tok.vocab)) == len(tok.vocab)  # no two ids spell the same bytes
+
+
+def test_special_tokens_never_come_from_ordinary_text(pydoc_tokenizer):
+    tok = pydoc_tokenizer
+    text = f"end{ENDOFTEXT}start"
+    assert tok.eot_id not in tok.encode(text)
+    assert tok.eot_id in tok.encode(text, allow_special=True)
+    assert tok.decode(tok.encode(text)) == text
+
+
+def test_save_and_load_give_the_same_ids(pydoc_tokenizer, tmp_path):
+    path = tmp_path / "tokenizer.json"
+    pydoc_tokenizer.save(path)
+    again = Tokenizer.load(path)
+    text = "def f(x):\n    return x ** 2  # squares"
+    assert again.encode(text) == pydoc_tokenizer.encode(text)
+    assert again.fingerprint() == pydoc_tokenizer.fingerprint()
+
+
+@settings(
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    st.text(alphabet=st.characters(codec="utf-8"), max_size=60)
+    | st.sampled_from(["  \n\n\t x", "don't  stop", "😀👍🏽 naïve", "123456 7.5", "a\r\nb"])
+)
+def test_fast_path_equals_reference_and_round_trips(pydoc_tokenizer, text):
+    ids = pydoc_tokenizer.encode(text)
+    assert ids == pydoc_tokenizer.encode_reference(text)
+    assert pydoc_tokenizer.decode(ids) == text
+
+
+def test_trained_merges_compress_their_own_words(pydoc_tokenizer):
+    counts = count_pretokens(["the the the function"], PATTERNS["gpt4"])
+    assert counts == Counter({b"the": 1, b" the": 2, b" function": 1})
+    assert len(encode_chunk(b" the", pydoc_tokenizer.ranks)) == 1
+
+
+def test_vocab_too_small_for_specials_is_an_error():
+    from scratchlm.errors import StageError
+
+    with pytest.raises(StageError, match="no room"):
+        train_tokenizer(
+            ["abc"],
+            TokenizerSettings(vocab_size=258, special_tokens=["<a>", "<b>", "<c>"]),
+            progress=False,
+        )
