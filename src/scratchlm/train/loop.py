@@ -161,7 +161,9 @@ def pretrain(
             step_start = time.time()
             train_loss = train_step(model, optimizer, train, gen, s, lr, device)
             tok_s = tokens_per_step / max(time.time() - step_start, 1e-9)
-            bar.set_postfix(loss=f"{train_loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}")
+            bar.set_postfix(
+                loss=f"{train_loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}", refresh=False
+            )
             log({"step": step + 1, "loss": train_loss, "lr": lr, "tokens_per_second": tok_s})
         val_losses.append(eval_now())
         log({"step": s.max_steps, "val_loss": val_losses[-1], "time": time.time() - start})
