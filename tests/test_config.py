@@ -43,7 +43,7 @@ def test_single_value_for_a_list_becomes_a_list_of_one():
         ("model.n_layer=0", ["model.n_layer", "0", ">= 1"]),
         ("pretrain.lr=fast", ["pretrain.lr", "'fast'", "a number"]),
         ("curate.dedup=maybe", ["curate.dedup", "'maybe'", "true or false"]),
-        ("tokenizer.vocab_size=100", ["tokenizer.vocab_size", "100", "from 258 to 131072"]),
+        ("tokenizer.vocab_size=100", ["tokenizer.vocab_size", "100", "from 257 to 131072"]),
         ("tokenize.val_fraction=0.9", ["tokenize.val_fraction", "0.9", "from 0.0 to 0.5"]),
         ("pretrain.device=tpu", ["pretrain.device", "'tpu'", "one of auto, cpu, cuda, mps"]),
         ("curate.sources={a: 1}", ["curate.sources", "a list of strings"]),

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from scratchlm.config import TokenizerSettings
 from scratchlm.tokenizer.bpe import PATTERNS, count_pretokens, encode_chunk, train_bpe
-from scratchlm.tokenizer.tokenizer import ENDOFTEXT, Tokenizer
+from scratchlm.tokenizer.tokenizer import ENDOFTEXT, Tokenizer, load_tokenizer
 from scratchlm.tokenizer.train import train_tokenizer
 
 
@@ -59,7 +59,7 @@ def test_special_tokens_never_come_from_ordinary_text(pydoc_tokenizer):
 def test_save_and_load_give_the_same_ids(pydoc_tokenizer, tmp_path):
     path = tmp_path / "tokenizer.json"
     pydoc_tokenizer.save(path)
-    again = Tokenizer.load(path)
+    again = load_tokenizer(path)
     text = "def f(x):\n    return x ** 2  # squares"
     assert again.encode(text) == pydoc_tokenizer.encode(text)
     assert again.fingerprint() == pydoc_tokenizer.fingerprint()
@@ -76,6 +76,28 @@ def test_fast_path_equals_reference_and_round_trips(pydoc_tokenizer, text):
     ids = pydoc_tokenizer.encode(text)
     assert ids == pydoc_tokenizer.encode_reference(text)
     assert pydoc_tokenizer.decode(ids) == text
+    with_specials = text + ENDOFTEXT + text + "<|assistant|>"
+    ids = pydoc_tokenizer.encode(with_specials, allow_special=True)
+    assert ids == pydoc_tokenizer.encode_reference(with_specials, allow_special=True)
+    assert ids.count(pydoc_tokenizer.eot_id) == 1
+    assert pydoc_tokenizer.decode(ids) == with_specials
+
+
+@settings(
+    max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(st.lists(st.integers(0, 599), max_size=30))
+def test_decoding_any_ids_never_fails(pydoc_tokenizer, ids):
+    # Token boundaries can split a UTF-8 character: bytes are exact, text uses U+FFFD there.
+    raw = pydoc_tokenizer.decode_bytes(ids)
+    assert raw == b"".join(
+        pydoc_tokenizer.vocab.get(i) or _special_bytes(pydoc_tokenizer, i) for i in ids
+    )
+    assert pydoc_tokenizer.decode(ids) == raw.decode("utf-8", errors="replace")
+
+
+def _special_bytes(tok, i: int) -> bytes:
+    return next(s for s, j in tok.special_tokens.items() if j == i).encode()
 
 
 def test_trained_merges_compress_their_own_words(pydoc_tokenizer):
@@ -93,3 +115,34 @@ def test_vocab_too_small_for_specials_is_an_error():
             TokenizerSettings(vocab_size=258, special_tokens=["<a>", "<b>", "<c>"]),
             progress=False,
         )
+
+
+def test_char_level_mode(tmp_path):
+    tok = train_tokenizer(
+        ["hello world", "held"],
+        TokenizerSettings(kind="char", special_tokens=[ENDOFTEXT]),
+        progress=False,
+    )
+    assert tok.chars == " dehlorw"
+    assert tok.vocab_size == 9 and tok.eot_id == 8
+    assert tok.encode("hello") == [3, 2, 4, 4, 5]
+    assert tok.decode(tok.encode("world held", allow_special=True)) == "world held"
+    assert tok.encode(f"he{ENDOFTEXT}", allow_special=True) == [3, 2, 8]
+    with pytest.raises(ValueError, match="'z' is not in this character-level vocabulary"):
+        tok.encode("zoo")
+    tok.save(tmp_path / "char.json")
+    again = load_tokenizer(tmp_path / "char.json")
+    assert again.encode("hello world") == tok.encode("hello world") and again.eot_id == 8
+
+
+def test_char_level_shards(tmp_path):
+    import numpy as np
+
+    from scratchlm.config import TokenizeSettings
+    from scratchlm.tokenizer.shards import tokenize_corpus
+
+    texts = ["abc", "cab", "bca", "aaa"]
+    tok = train_tokenizer(texts, TokenizerSettings(kind="char"), progress=False)
+    meta = tokenize_corpus(texts, tok, TokenizeSettings(val_fraction=0.0), tmp_path, progress=False)
+    ids = np.fromfile(tmp_path / meta["files"]["train"][0], dtype=meta["dtype"])
+    assert tok.decode(ids.tolist()).split(ENDOFTEXT)[:-1] == texts

@@ -102,17 +102,48 @@ def build_parser() -> argparse.ArgumentParser:
         )
         _add_recipe_args(p)
 
-    tok = sub.add_parser("tokenizer", help="Tokenizer commands (train)")
+    tok = sub.add_parser("tokenizer", help="Tokenizer commands: train, encode, export, import")
     tok_sub = tok.add_subparsers(dest="tokenizer_command", required=True, metavar="ACTION")
     stage, desc = STAGE_COMMANDS["tokenizer train"]
     p = tok_sub.add_parser(
         "train",
         help=desc,
-        description=desc,
+        description=desc + ". With --input, train on those files instead and write --out.",
         epilog=_settings_help(SECTIONS[stage]),
         formatter_class=fmt,
     )
     _add_recipe_args(p)
+    p.add_argument(
+        "--input",
+        nargs="+",
+        metavar="PATH",
+        help="train on these files / folders / globs instead of <work>/curated",
+    )
+    p.add_argument(
+        "--out",
+        metavar="DIR",
+        help="with --input: where tokenizer.json goes (default: <work>/tokenizer)",
+    )
+    desc = "Show how a tokenizer splits a text into tokens"
+    p = tok_sub.add_parser("encode", help=desc, description=desc)
+    p.add_argument(
+        "tokenizer", help="a tokenizer.json, or a folder holding one (e.g. a run folder)"
+    )
+    p.add_argument("text", help="the text to encode")
+    desc = "Write a tokenizer in HF (tokenizer.json, vocab.json + merges.txt) and tiktoken formats"
+    p = tok_sub.add_parser("export", help=desc, description=desc)
+    p.add_argument("tokenizer", help="our tokenizer.json, or a folder holding one")
+    p.add_argument("out", help="output folder")
+    desc = "Convert an HF tokenizer.json, GPT-2 vocab.json + merges.txt, or .tiktoken file to ours"
+    p = tok_sub.add_parser("import", help=desc, description=desc)
+    p.add_argument(
+        "src",
+        help="HF tokenizer.json, a folder with it or with vocab.json + merges.txt, or a .tiktoken file",
+    )
+    p.add_argument("out", help="where to write our tokenizer.json")
+    p.add_argument(
+        "--pattern", help="split pattern (gpt2, gpt4 or a regex) when the source has none"
+    )
 
     desc = "Sample text from a trained run folder"
     p = sub.add_parser(
@@ -147,7 +178,7 @@ def _describe(result: Any) -> str:
     if result.stage == "curate":
         return f"{s['documents_in']:,} documents in, {s['documents_out']:,} kept"
     if result.stage == "tokenizer":
-        return f"vocab {s['vocab_size']:,} ({s['merges']:,} merges)"
+        return f"{s.get('kind', 'bpe')} vocab {s['vocab_size']:,} ({s['merges']:,} merges)"
     if result.stage == "tokenize":
         return f"{s['tokens']['train']:,} train / {s['tokens']['val']:,} val tokens"
     if result.stage == "pretrain":
@@ -236,15 +267,63 @@ def cmd_generate(args: argparse.Namespace) -> None:
             print("---")
 
 
+def _tokenizer_path(path: str) -> Path:
+    p = Path(path)
+    return p / "tokenizer.json" if p.is_dir() else p
+
+
+def cmd_tokenizer(args: argparse.Namespace) -> None:
+    from scratchlm.tokenizer.formats import export_tokenizer, import_tokenizer
+    from scratchlm.tokenizer.tokenizer import Tokenizer, load_tokenizer
+
+    if args.tokenizer_command == "encode":
+        tok = load_tokenizer(_tokenizer_path(args.tokenizer))
+        ids = tok.encode(args.text, allow_special=True)
+        pieces = [tok.decode([i]) for i in ids]
+        print(f"{len(ids)} tokens for {len(args.text.encode())} bytes")
+        print(" ".join(map(str, ids)))
+        print("|".join(pieces))
+    elif args.tokenizer_command == "export":
+        tok = load_tokenizer(_tokenizer_path(args.tokenizer))
+        if not isinstance(tok, Tokenizer):
+            raise StageError(
+                "a character-level tokenizer has no byte-level BPE format to export to"
+            )
+        for f in export_tokenizer(tok, args.out):
+            print(f)
+    elif args.tokenizer_command == "import":
+        tok = import_tokenizer(args.src, args.pattern)
+        out = _tokenizer_path(args.out) if Path(args.out).is_dir() else Path(args.out)
+        tok.save(out)
+        print(f"{out}: {tok.vocab_size:,} tokens, {len(tok.special_tokens)} special")
+
+
+def cmd_train_tokenizer_on_files(args: argparse.Namespace, recipe: Recipe) -> None:
+    from scratchlm.data.sources import iter_documents
+    from scratchlm.pipeline import Workspace
+    from scratchlm.tokenizer.train import train_tokenizer_stage
+
+    out = Path(args.out) if args.out else Workspace.for_recipe(recipe, args.work).out("tokenizer")
+    out.mkdir(parents=True, exist_ok=True)
+    texts = (doc.text for doc in iter_documents(args.input, recipe.curate.text_field))
+    summary = train_tokenizer_stage(texts, recipe.tokenizer, out, progress=not args.quiet)
+    print(f"{out / 'tokenizer.json'}: vocab {summary['vocab_size']:,} in {summary['seconds']} s")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "generate":
             cmd_generate(args)
             return 0
+        if args.command == "tokenizer" and args.tokenizer_command != "train":
+            cmd_tokenizer(args)
+            return 0
         recipe = load_recipe(args.recipe, args.overrides)  # validates everything before any work
         if args.command == "run":
             cmd_run(args, recipe)
+        elif args.command == "tokenizer" and args.input:
+            cmd_train_tokenizer_on_files(args, recipe)
         else:
             name = "tokenizer train" if args.command == "tokenizer" else args.command
             cmd_stage(STAGE_COMMANDS[name][0], args, recipe)

@@ -56,14 +56,29 @@ class CurateSettings:
     shard_docs: int = setting(10_000, "documents per output shard", min=1)
 
 
+# <|endoftext|> separates documents; the chat tokens are reserved for fine-tuning's template.
+SPECIAL_TOKENS = [
+    "<|endoftext|>",
+    "<|system|>",
+    "<|user|>",
+    "<|assistant|>",
+    "<|end|>",
+    "<|reserved_0|>",
+    "<|reserved_1|>",
+    "<|reserved_2|>",
+]
+
+
 @dataclass
 class TokenizerSettings:
+    kind: Literal["bpe", "char"] = setting("bpe", "byte-level BPE, or one token per character")
     vocab_size: int = setting(
-        4096, "total vocabulary incl. 256 bytes and specials", min=258, max=2**17
+        4096, "BPE: total vocabulary incl. 256 bytes and specials", min=257, max=2**17
     )
-    pattern: str = setting("gpt4", "pre-tokenizer split: gpt4, gpt2 or a custom regex")
-    special_tokens: list[str] = setting(["<|endoftext|>"], "special tokens, never merged across")
+    pattern: str = setting("gpt4", "BPE pre-tokenizer split: gpt4, gpt2 or a custom regex")
+    special_tokens: list[str] = setting(SPECIAL_TOKENS, "special tokens, never merged across")
     max_chars: int = setting(0, "train on at most this many characters (0 = all)", min=0)
+    workers: int = setting(0, "processes that split and count the text (0 = all cores)", min=0)
 
 
 @dataclass

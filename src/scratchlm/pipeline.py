@@ -150,9 +150,9 @@ def _run_tokenizer(recipe: Recipe, ws: Workspace, out: Path, progress: bool) -> 
 def _run_tokenize(recipe: Recipe, ws: Workspace, out: Path, progress: bool) -> dict[str, Any]:
     from scratchlm.data.curate import iter_curated_texts
     from scratchlm.tokenizer.shards import tokenize_corpus
-    from scratchlm.tokenizer.tokenizer import Tokenizer
+    from scratchlm.tokenizer.tokenizer import load_tokenizer
 
-    tok = Tokenizer.load(ws.out("tokenizer") / "tokenizer.json")
+    tok = load_tokenizer(ws.out("tokenizer") / "tokenizer.json")
     meta = tokenize_corpus(
         iter_curated_texts(ws.out("curate")), tok, recipe.tokenize, out, progress
     )

@@ -8,7 +8,7 @@ import torch
 
 from scratchlm.config import GenerateSettings, ModelConfig
 from scratchlm.model.gpt import GPT
-from scratchlm.tokenizer.tokenizer import Tokenizer
+from scratchlm.tokenizer.tokenizer import Tokenizer, load_tokenizer
 from scratchlm.train.checkpoint import latest_checkpoint, load_model_config, load_weights
 
 
@@ -17,7 +17,7 @@ def load_run(run_dir: Path, device: str = "cpu") -> tuple[GPT, Tokenizer]:
     cfg = load_model_config(run_dir)
     model = GPT(cfg)
     load_weights(model, latest_checkpoint(run_dir))
-    return model.to(device).eval(), Tokenizer.load(run_dir / "tokenizer.json")
+    return model.to(device).eval(), load_tokenizer(run_dir / "tokenizer.json")
 
 
 def untrained_model(cfg: ModelConfig, seed: int) -> GPT:

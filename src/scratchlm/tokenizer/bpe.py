@@ -18,9 +18,10 @@ max-heap whose stale entries are skipped when popped (a "lazy" heap).
 from __future__ import annotations
 
 import heapq
+import multiprocessing
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping
-from itertools import pairwise
+from collections.abc import Iterable, Iterator, Mapping
+from itertools import chain, islice, pairwise
 
 import regex
 from tqdm import tqdm
@@ -44,27 +45,65 @@ def compile_pattern(pattern: str) -> regex.Pattern:
     return regex.compile(pattern.replace(r"\s++$", r"\s++\Z"))
 
 
-def count_pretokens(texts: Iterable[str], pattern: str) -> Counter[bytes]:
-    """How often each pre-token occurs, as UTF-8 bytes. Training only needs these counts."""
-    split = compile_pattern(resolve_pattern(pattern))
-    counts: Counter[bytes] = Counter()
+def _count_chunk(args: tuple[list[str], str]) -> Counter[str]:
+    texts, pattern = args
+    split = compile_pattern(pattern)
+    counts: Counter[str] = Counter()
     for text in texts:
         counts.update(split.findall(text))
+    return counts
+
+
+def _chunks(texts: Iterable[str], pattern: str, chars: int) -> Iterator[tuple[list[str], str]]:
+    batch: list[str] = []
+    size = 0
+    for text in texts:
+        batch.append(text)
+        size += len(text)
+        if size >= chars:
+            yield batch, pattern
+            batch, size = [], 0
+    if batch:
+        yield batch, pattern
+
+
+def count_pretokens(
+    texts: Iterable[str], pattern: str, workers: int = 1, chunk_chars: int = 1_000_000
+) -> Counter[bytes]:
+    """How often each pre-token occurs, as UTF-8 bytes: all that training needs.
+
+    With `workers` > 1 the texts are split by regex in that many processes, a chunk of
+    about `chunk_chars` characters at a time, so memory holds only a few chunks at once.
+    """
+    pattern = resolve_pattern(pattern)
+    counts: Counter[str] = Counter()
+    chunks = _chunks(texts, pattern, chunk_chars)
+    head = list(islice(chunks, 2))
+    if workers <= 1 or len(head) < 2:  # a single chunk is not worth starting processes
+        for chunk_counts in map(_count_chunk, chain(head, chunks)):
+            counts.update(chunk_counts)
+    else:
+        methods = multiprocessing.get_all_start_methods()
+        ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+        with ctx.Pool(workers) as pool:
+            for chunk_counts in pool.imap_unordered(_count_chunk, chain(head, chunks)):
+                counts.update(chunk_counts)
     return Counter({word.encode("utf-8"): n for word, n in counts.items()})
 
 
-def _heap_key(count: int, left: bytes, right: bytes) -> tuple:
-    # heapq pops the smallest entry: negate the count, and invert the bytes so the
-    # lexicographically greater pair comes first. 256 ends each string: a prefix then
-    # sorts after its extensions, exactly reversing bytes ordering.
-    inv = tuple(255 - b for b in left) + (256,) + tuple(255 - b for b in right) + (256,)
-    return (-count, inv)
+def _descending(token: bytes) -> tuple[int, ...]:
+    # heapq pops the smallest entry; to pop the lexicographically *greater* pair first we
+    # compare inverted bytes. 256 closes each string, so a prefix sorts after its extensions
+    # ("ab" after "abc"), which exactly reverses the usual order of byte strings.
+    return (*(255 - b for b in token), 256)
 
 
-def _merge_word(word: list[int], pair: tuple[int, int], new_id: int) -> list[int]:
-    out, i = [], 0
-    while i < len(word):
-        if i + 1 < len(word) and word[i] == pair[0] and word[i + 1] == pair[1]:
+def _merge_word(word: list[int], a: int, b: int, new_id: int) -> list[int]:
+    """Replace every (a, b) in `word`, left to right, by `new_id`."""
+    out: list[int] = []
+    i, n = 0, len(word)
+    while i < n:
+        if word[i] == a and i + 1 < n and word[i + 1] == b:
             out.append(new_id)
             i += 2
         else:
@@ -78,54 +117,62 @@ def train_bpe(
 ) -> list[tuple[int, int]]:
     """Learn up to `num_merges` merges from pre-token counts; merge i creates token 256 + i."""
     vocab = [bytes([i]) for i in range(256)]
-    token_of = {b: i for i, b in enumerate(vocab)}
+    token_of = {t: i for i, t in enumerate(vocab)}
+    order = [_descending(t) for t in vocab]  # token id -> its heap sort key
     words = [list(w) for w in word_counts]
     freq = list(word_counts.values())
 
+    # 1. Count every adjacent pair once, remembering which words contain it.
     pair_count: dict[tuple[int, int], int] = defaultdict(int)
-    where: dict[tuple[int, int], set[int]] = defaultdict(set)  # pair -> words containing it
+    where: dict[tuple[int, int], set[int]] = defaultdict(set)
     for w, (word, n) in enumerate(zip(words, freq, strict=True)):
         for pair in pairwise(word):
             pair_count[pair] += n
             where[pair].add(w)
-    heap = [(*_heap_key(c, vocab[a], vocab[b]), (a, b)) for (a, b), c in pair_count.items()]
+    # 2. A max-heap of (count, pair): entries go stale when a count changes; a fresh entry is
+    #    pushed then, and stale ones are recognised (count differs) and dropped when popped.
+    heap = [(-c, order[a], order[b], a, b) for (a, b), c in pair_count.items()]
     heapq.heapify(heap)
 
     merges: list[tuple[int, int]] = []
     bar = tqdm(total=num_merges, desc="bpe merges", unit="merge", disable=not progress)
     while len(merges) < num_merges and heap:
-        neg_count, _, pair = heapq.heappop(heap)
-        if pair_count.get(pair, 0) != -neg_count or neg_count == 0:
-            continue  # stale: this pair's count changed after the entry was pushed
-        merged = vocab[pair[0]] + vocab[pair[1]]
+        neg_count, _, _, a, b = heapq.heappop(heap)
+        pair = (a, b)
+        if neg_count == 0 or pair_count.get(pair, 0) != -neg_count:
+            continue
+        # 3. The winner becomes a token (unless another pair already spelled the same bytes).
+        merged = vocab[a] + vocab[b]
         new_id = token_of.get(merged)
-        if new_id is None:  # a new token; else two different pairs spell the same bytes
+        if new_id is None:
             new_id = token_of[merged] = len(vocab)
             vocab.append(merged)
+            order.append(_descending(merged))
             merges.append(pair)
             bar.update()
-
-        # Re-count only the words that contain the pair: subtract their old pairs, add the new.
+        # 4. Re-count only the words that contain the pair: their old pairs out, new pairs in.
         delta: dict[tuple[int, int], int] = defaultdict(int)
         for w in where.pop(pair):
-            old, n = words[w], freq[w]
-            new = _merge_word(old, pair, new_id)
-            old_pairs, new_pairs = list(pairwise(old)), list(pairwise(new))
-            for p in old_pairs:
+            old = words[w]
+            if a not in old:
+                continue  # the index is lazy: this word lost the pair to an earlier merge
+            new = _merge_word(old, a, b, new_id)
+            if len(new) == len(old):
+                continue
+            n = freq[w]
+            for p in pairwise(old):
                 delta[p] -= n
-            for p in new_pairs:
+            for p in pairwise(new):
                 delta[p] += n
-                where[p].add(w)
-            for p in set(old_pairs) - set(new_pairs):
-                if p != pair:
-                    where[p].discard(w)
+                if new_id in p:  # only pairs with the new token are new to the index
+                    where[p].add(w)
             words[w] = new
         del pair_count[pair]
         for p, d in delta.items():
             if d and p != pair:
-                pair_count[p] += d
-                if pair_count[p] > 0:
-                    heapq.heappush(heap, (*_heap_key(pair_count[p], vocab[p[0]], vocab[p[1]]), p))
+                c = pair_count[p] = pair_count[p] + d
+                if c > 0:
+                    heapq.heappush(heap, (-c, order[p[0]], order[p[1]], p[0], p[1]))
     bar.close()
     return merges
 
@@ -138,26 +185,38 @@ def merges_to_vocab(merges: Iterable[tuple[int, int]]) -> list[bytes]:
     return vocab
 
 
-def encode_chunk(chunk: bytes, ranks: Mapping[bytes, int]) -> list[int]:
+def encode_chunk(
+    chunk: bytes, ranks: Mapping[bytes, int], max_rank: int | None = None
+) -> list[bytes]:
     """Encode one pre-token: repeatedly merge the adjacent pair whose joined bytes rank lowest.
 
     This is tiktoken's rule (rank of the merged bytes), which is what makes our fast path and
-    this reference agree exactly.
+    this reference agree exactly. Returns the parts as bytes; with `max_rank`, only tokens
+    ranked below it may form (used to find which pair makes a token).
     """
     parts = [bytes([b]) for b in chunk]
     while len(parts) > 1:
-        joined = [ranks.get(parts[i] + parts[i + 1]) for i in range(len(parts) - 1)]
-        candidates = [(r, i) for i, r in enumerate(joined) if r is not None]
-        if not candidates:
+        best, best_rank = -1, max_rank
+        for i in range(len(parts) - 1):
+            rank = ranks.get(parts[i] + parts[i + 1])
+            if rank is not None and (best_rank is None or rank < best_rank):
+                best, best_rank = i, rank
+        if best < 0:
             break
-        _, i = min(candidates)
-        parts[i : i + 2] = [parts[i] + parts[i + 1]]
-    return [ranks[p] for p in parts]
+        parts[best : best + 2] = [parts[best] + parts[best + 1]]
+    return parts
+
+
+def encode_piece(piece: bytes, ranks: Mapping[bytes, int]) -> list[int]:
+    """Ids of one pre-token. Like tiktoken, a pre-token that is itself a token is taken whole."""
+    if piece in ranks:
+        return [ranks[piece]]
+    return [ranks[p] for p in encode_chunk(piece, ranks)]
 
 
 def encode_reference(text: str, ranks: Mapping[bytes, int], pattern: str) -> list[int]:
     """Plain-Python encoder of ordinary text (no special tokens): split, then BPE each piece."""
     ids: list[int] = []
     for piece in compile_pattern(resolve_pattern(pattern)).findall(text):
-        ids.extend(encode_chunk(piece.encode("utf-8"), ranks))
+        ids.extend(encode_piece(piece.encode("utf-8"), ranks))
     return ids

@@ -1,55 +1,92 @@
-"""The Tokenizer: our merges and split pattern, encoded at native speed by tiktoken.
+"""The Tokenizer: byte-level BPE ranks and a split pattern, encoded at native speed by tiktoken.
 
-tiktoken is a BPE *encoder* for a given table of merges; it cannot train. We train the
-merges ourselves (bpe.py) and hand them to `tiktoken.Encoding`, whose rule (merge the pair
-whose joined bytes rank lowest) is the one our reference encoder implements in Python.
+tiktoken is a BPE *encoder* for a given table of ranks; it cannot train. We train the merges
+ourselves (bpe.py) and hand the ranks to `tiktoken.Encoding`, whose rule (merge the pair whose
+joined bytes rank lowest) is the one our plain-Python reference encoder implements.
 
 File format (tokenizer.json, versioned):
-    {"format": "scratchlm-bpe", "version": 1, "pattern": "<regex>", "merges": [[a, b], ...],
-     "special_tokens": {"<|endoftext|>": 4095}, "tie_rule": "..."}
-Token 256 + i is merge i; special tokens take the ids after the last merge.
+    {"format": "scratchlm-bpe", "version": 1, "kind": "bpe", "pattern": "<regex>",
+     "merges": [[a, b], ...],            trained here: token 256 + i is merge i, or
+     "tokens": {"<id>": "<base64>"},     imported: each token's bytes (e.g. GPT-2's order)
+     "special_tokens": {"<|endoftext|>": 4088, ...}, "tie_rule": "..."}
+A character-level tokenizer is {"kind": "char", "chars": "...", "special_tokens": {...}}.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import regex
 import tiktoken
 
+from scratchlm.config import SPECIAL_TOKENS
 from scratchlm.errors import StageError
 from scratchlm.io import atomic_write_json, json_sha256
-from scratchlm.tokenizer.bpe import TIE_RULE, encode_reference, merges_to_vocab, resolve_pattern
+from scratchlm.tokenizer.bpe import (
+    TIE_RULE,
+    compile_pattern,
+    encode_piece,
+    merges_to_vocab,
+    resolve_pattern,
+)
 
 FORMAT, VERSION = "scratchlm-bpe", 1
-ENDOFTEXT = "<|endoftext|>"
+ENDOFTEXT = SPECIAL_TOKENS[0]
 
 
 class Tokenizer:
+    """Byte-level BPE. `vocab[i]` is token i's bytes; special tokens take ids of their own."""
+
+    kind = "bpe"
+
     def __init__(
         self,
-        merges: Sequence[tuple[int, int]],
+        vocab: Mapping[int, bytes] | Sequence[bytes],
         pattern: str,
-        special_tokens: Iterable[str] = (ENDOFTEXT,),
+        special_tokens: Mapping[str, int] | Iterable[str] = (ENDOFTEXT,),
+        merges: Sequence[tuple[int, int]] | None = None,
     ):
-        self.merges = [tuple(m) for m in merges]
+        self.vocab = dict(vocab) if isinstance(vocab, Mapping) else dict(enumerate(vocab))
         self.pattern = resolve_pattern(pattern)
-        self.vocab = merges_to_vocab(self.merges)
-        self.ranks = {b: i for i, b in enumerate(self.vocab)}
-        self.special_tokens = {tok: len(self.vocab) + i for i, tok in enumerate(special_tokens)}
+        self.merges = [tuple(m) for m in merges] if merges is not None else None
+        self.ranks = {b: i for i, b in self.vocab.items()}
+        if len(self.ranks) != len(self.vocab):
+            raise ValueError("two token ids spell the same bytes")
+        if not isinstance(special_tokens, Mapping):  # a list: ids follow the vocabulary
+            first = max(self.vocab) + 1
+            special_tokens = {tok: first + i for i, tok in enumerate(special_tokens)}
+        self.special_tokens = dict(special_tokens)
+        if clash := set(self.special_tokens.values()) & set(self.vocab):
+            raise ValueError(f"special token ids {sorted(clash)} are also ordinary token ids")
         self._enc = tiktoken.Encoding(
             name="scratchlm",
             pat_str=self.pattern,
             mergeable_ranks=self.ranks,
             special_tokens=self.special_tokens,
         )
+        self._special_split = (
+            regex.compile("(" + "|".join(regex.escape(s) for s in self.special_tokens) + ")")
+            if self.special_tokens
+            else None
+        )
+
+    @classmethod
+    def from_merges(
+        cls,
+        merges: Sequence[tuple[int, int]],
+        pattern: str,
+        special_tokens: Iterable[str] = (ENDOFTEXT,),
+    ) -> Tokenizer:
+        return cls(merges_to_vocab(merges), pattern, list(special_tokens), merges=merges)
 
     @property
     def vocab_size(self) -> int:
-        return len(self.vocab) + len(self.special_tokens)
+        return max([*self.vocab, *self.special_tokens.values()]) + 1
 
     @property
     def eot_id(self) -> int:
@@ -62,14 +99,26 @@ class Tokenizer:
         return self._enc.encode_ordinary(text)
 
     def encode_batch(self, texts: list[str], threads: int = 0) -> list[list[int]]:
-        """Encode many texts of ordinary text at once; tiktoken releases the GIL per thread."""
+        """Encode many ordinary texts at once; tiktoken releases the GIL in each thread."""
         return self._enc.encode_ordinary_batch(texts, num_threads=threads or os.cpu_count() or 1)
 
-    def encode_reference(self, text: str) -> list[int]:
+    def encode_reference(self, text: str, allow_special: bool = False) -> list[int]:
         """The same ids as `encode`, computed in plain Python (slow; for tests and reading)."""
-        return encode_reference(text, self.ranks, self.pattern)
+        pieces = (
+            self._special_split.split(text) if allow_special and self._special_split else [text]
+        )
+        split = compile_pattern(self.pattern)
+        ids: list[int] = []
+        for piece in pieces:
+            if piece in self.special_tokens and allow_special:
+                ids.append(self.special_tokens[piece])
+                continue
+            for word in split.findall(piece):
+                ids.extend(encode_piece(word.encode("utf-8"), self.ranks))
+        return ids
 
     def decode(self, ids: Iterable[int]) -> str:
+        """Text of `ids`; a token sequence that ends mid-character decodes to U+FFFD there."""
         return self.decode_bytes(ids).decode("utf-8", errors="replace")
 
     def decode_bytes(self, ids: Iterable[int]) -> bytes:
@@ -78,12 +127,91 @@ class Tokenizer:
     # ------------------------------------------------------------------ files
 
     def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "format": FORMAT,
+            "version": VERSION,
+            "kind": "bpe",
+            "pattern": self.pattern,
+        }
+        if self.merges is not None:
+            data |= {"tie_rule": TIE_RULE, "merges": [list(m) for m in self.merges]}
+        else:
+            data["tokens"] = {
+                str(i): base64.b64encode(t).decode("ascii") for i, t in sorted(self.vocab.items())
+            }
+        data["special_tokens"] = self.special_tokens
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Tokenizer:
+        if "merges" in data:
+            merges = [tuple(m) for m in data["merges"]]
+            return cls(
+                merges_to_vocab(merges), data["pattern"], data["special_tokens"], merges=merges
+            )
+        vocab = {int(i): base64.b64decode(t) for i, t in data["tokens"].items()}
+        return cls(vocab, data["pattern"], data["special_tokens"])
+
+    def fingerprint(self) -> str:
+        return json_sha256(self.to_dict())[:16]
+
+    def save(self, path: str | os.PathLike) -> None:
+        atomic_write_json(path, self.to_dict())
+
+
+class CharTokenizer:
+    """One token per character of the training text (the classic small baselines), then specials."""
+
+    kind = "char"
+
+    def __init__(self, chars: str, special_tokens: Iterable[str] = (ENDOFTEXT,)):
+        self.chars = "".join(sorted(set(chars)))
+        self.stoi = {c: i for i, c in enumerate(self.chars)}
+        self.special_tokens = {tok: len(self.chars) + i for i, tok in enumerate(special_tokens)}
+        self.itos = {i: c for c, i in self.stoi.items()} | {
+            i: s for s, i in self.special_tokens.items()
+        }
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.chars) + len(self.special_tokens)
+
+    @property
+    def eot_id(self) -> int:
+        return self.special_tokens[ENDOFTEXT]
+
+    def encode(self, text: str, allow_special: bool = False) -> list[int]:
+        if allow_special and self.special_tokens:
+            split = regex.compile(
+                "(" + "|".join(regex.escape(s) for s in self.special_tokens) + ")"
+            )
+            ids: list[int] = []
+            for piece in split.split(text):
+                ids += (
+                    [self.special_tokens[piece]]
+                    if piece in self.special_tokens
+                    else self.encode(piece)
+                )
+            return ids
+        try:
+            return [self.stoi[c] for c in text]
+        except KeyError as e:
+            raise ValueError(
+                f"character {e.args[0]!r} is not in this character-level vocabulary"
+            ) from None
+
+    def encode_batch(self, texts: list[str], threads: int = 0) -> list[list[int]]:
+        return [self.encode(t) for t in texts]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return "".join(self.itos[i] for i in ids)
+
+    def to_dict(self) -> dict[str, Any]:
         return {
             "format": FORMAT,
             "version": VERSION,
-            "pattern": self.pattern,
-            "tie_rule": TIE_RULE,
-            "merges": [list(m) for m in self.merges],
+            "kind": "char",
+            "chars": self.chars,
             "special_tokens": self.special_tokens,
         }
 
@@ -93,23 +221,30 @@ class Tokenizer:
     def save(self, path: str | os.PathLike) -> None:
         atomic_write_json(path, self.to_dict())
 
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> Tokenizer:
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise StageError(
-                f"{path}: no tokenizer here: run `scratchlm tokenizer train` first"
-            ) from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise StageError(f"{path}: not a tokenizer file: {e}") from None
-        if data.get("format") != FORMAT or data.get("version") != VERSION:
-            raise StageError(
-                f"{path}: expected format {FORMAT} version {VERSION}, found {data.get('format')} {data.get('version')}"
-            )
+
+def load_tokenizer(path: str | os.PathLike) -> Tokenizer | CharTokenizer:
+    """Read our tokenizer.json (BPE or char-level), with a clear error for anything else."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise StageError(
+            f"{path}: no tokenizer here: run `scratchlm tokenizer train` first"
+        ) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise StageError(f"{path}: not a tokenizer file: {e}") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        hint = (
+            " (an HF tokenizer? convert it with `scratchlm tokenizer import`)"
+            if isinstance(data, dict) and "model" in data
+            else ""
+        )
+        raise StageError(f"{path}: not a scratchlm tokenizer{hint}")
+    if data.get("version") != VERSION:
+        raise StageError(
+            f"{path}: tokenizer format version {data.get('version')}; this scratchlm reads version {VERSION}"
+        )
+    if data.get("kind") == "char":
         specials = sorted(data["special_tokens"].items(), key=lambda kv: kv[1])
-        tok = cls([tuple(m) for m in data["merges"]], data["pattern"], [s for s, _ in specials])
-        if tok.special_tokens != data["special_tokens"]:
-            raise StageError(f"{path}: special token ids do not follow the merges")
-        return tok
+        return CharTokenizer(data["chars"], [s for s, _ in specials])
+    return Tokenizer.from_dict(data)

@@ -1,7 +1,8 @@
-"""The `tokenizer train` stage: learn BPE merges from a stream of texts and save tokenizer.json."""
+"""The `tokenizer train` stage: learn a vocabulary from a stream of texts and save tokenizer.json."""
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Any
 from scratchlm.config import TokenizerSettings
 from scratchlm.errors import StageError
 from scratchlm.tokenizer.bpe import count_pretokens, train_bpe
-from scratchlm.tokenizer.tokenizer import Tokenizer
+from scratchlm.tokenizer.tokenizer import CharTokenizer, Tokenizer
 
 
 def _take_chars(texts: Iterable[str], limit: int) -> Iterator[str]:
@@ -25,19 +26,29 @@ def _take_chars(texts: Iterable[str], limit: int) -> Iterator[str]:
 
 def train_tokenizer(
     texts: Iterable[str], settings: TokenizerSettings, progress: bool = True
-) -> Tokenizer:
-    """Train a byte-level BPE tokenizer of `settings.vocab_size` tokens (bytes + merges + specials)."""
+) -> Tokenizer | CharTokenizer:
+    """Train a tokenizer: BPE of `settings.vocab_size` tokens (bytes + merges + specials),
+    or a character-level vocabulary of every character seen."""
+    texts = _take_chars(texts, settings.max_chars)
+    if settings.kind == "char":
+        chars: set[str] = set()
+        for text in texts:
+            chars.update(text)
+        if not chars:
+            raise StageError("tokenizer: the training text is empty")
+        return CharTokenizer("".join(chars), settings.special_tokens)
     num_merges = settings.vocab_size - 256 - len(settings.special_tokens)
     if num_merges < 0:
         raise StageError(
             f"tokenizer.vocab_size={settings.vocab_size} leaves no room for 256 bytes "
             f"and {len(settings.special_tokens)} special tokens"
         )
-    counts = count_pretokens(_take_chars(texts, settings.max_chars), settings.pattern)
+    workers = settings.workers or os.cpu_count() or 1
+    counts = count_pretokens(texts, settings.pattern, workers=workers)
     if not counts:
         raise StageError("tokenizer: the training text is empty")
     merges = train_bpe(counts, num_merges, progress=progress)
-    return Tokenizer(merges, settings.pattern, settings.special_tokens)
+    return Tokenizer.from_merges(merges, settings.pattern, settings.special_tokens)
 
 
 def train_tokenizer_stage(
@@ -47,8 +58,9 @@ def train_tokenizer_stage(
     tok = train_tokenizer(texts, settings, progress)
     tok.save(out_dir / "tokenizer.json")
     return {
+        "kind": tok.kind,
         "vocab_size": tok.vocab_size,
-        "merges": len(tok.merges),
+        "merges": len(tok.merges) if isinstance(tok, Tokenizer) and tok.merges else 0,
         "fingerprint": tok.fingerprint(),
         "seconds": round(time.time() - start, 2),
     }
