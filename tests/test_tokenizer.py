@@ -146,3 +146,34 @@ def test_char_level_shards(tmp_path):
     meta = tokenize_corpus(texts, tok, TokenizeSettings(val_fraction=0.0), tmp_path, progress=False)
     ids = np.fromfile(tmp_path / meta["files"]["train"][0], dtype=meta["dtype"])
     assert tok.decode(ids.tolist()).split(ENDOFTEXT)[:-1] == texts
+
+
+def test_parallel_counting_equals_serial():
+    from pydoc_data.topics import topics
+
+    texts = list(topics.values())
+    serial = count_pretokens(texts, "gpt4", workers=1, chunk_chars=50_000)
+    parallel = count_pretokens(texts, "gpt4", workers=2, chunk_chars=50_000)
+    assert serial == parallel and sum(serial.values()) > 50_000
+
+
+def test_cli_trains_on_files(tmp_path):
+    from pydoc_data.topics import topics
+
+    from scratchlm.cli import main
+
+    (tmp_path / "docs").mkdir()
+    for i, text in enumerate(list(topics.values())[:10]):
+        (tmp_path / "docs" / f"{i}.md").write_text(text)
+    args = [
+        "tokenizer",
+        "train",
+        "--input",
+        str(tmp_path / "docs"),
+        "--out",
+        str(tmp_path / "tok"),
+        "-q",
+    ]
+    assert main([*args, "--set", "tokenizer.vocab_size=400"]) == 0
+    tok = load_tokenizer(tmp_path / "tok" / "tokenizer.json")
+    assert tok.vocab_size == 400 and len(tok.merges) == 400 - 256 - 8

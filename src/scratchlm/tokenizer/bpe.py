@@ -17,6 +17,7 @@ max-heap whose stale entries are skipped when popped (a "lazy" heap).
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import multiprocessing
 from collections import Counter, defaultdict
@@ -45,13 +46,13 @@ def compile_pattern(pattern: str) -> regex.Pattern:
     return regex.compile(pattern.replace(r"\s++$", r"\s++\Z"))
 
 
-def _count_chunk(args: tuple[list[str], str]) -> Counter[str]:
+def _count_chunk(args: tuple[list[str], str]) -> tuple[Counter[str], int]:
     texts, pattern = args
     split = compile_pattern(pattern)
     counts: Counter[str] = Counter()
     for text in texts:
         counts.update(split.findall(text))
-    return counts
+    return counts, sum(map(len, texts))
 
 
 def _chunks(texts: Iterable[str], pattern: str, chars: int) -> Iterator[tuple[list[str], str]]:
@@ -68,7 +69,11 @@ def _chunks(texts: Iterable[str], pattern: str, chars: int) -> Iterator[tuple[li
 
 
 def count_pretokens(
-    texts: Iterable[str], pattern: str, workers: int = 1, chunk_chars: int = 1_000_000
+    texts: Iterable[str],
+    pattern: str,
+    workers: int = 1,
+    chunk_chars: int = 1_000_000,
+    progress: bool = False,
 ) -> Counter[bytes]:
     """How often each pre-token occurs, as UTF-8 bytes: all that training needs.
 
@@ -79,15 +84,19 @@ def count_pretokens(
     counts: Counter[str] = Counter()
     chunks = _chunks(texts, pattern, chunk_chars)
     head = list(islice(chunks, 2))
-    if workers <= 1 or len(head) < 2:  # a single chunk is not worth starting processes
-        for chunk_counts in map(_count_chunk, chain(head, chunks)):
+    bar = tqdm(desc="count pre-tokens", unit="char", unit_scale=True, disable=not progress)
+    with contextlib.ExitStack() as stack:
+        if workers <= 1 or len(head) < 2:  # a single chunk is not worth starting processes
+            results = map(_count_chunk, chain(head, chunks))
+        else:
+            methods = multiprocessing.get_all_start_methods()
+            ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+            pool = stack.enter_context(ctx.Pool(workers))
+            results = pool.imap_unordered(_count_chunk, chain(head, chunks))
+        for chunk_counts, chars in results:
             counts.update(chunk_counts)
-    else:
-        methods = multiprocessing.get_all_start_methods()
-        ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
-        with ctx.Pool(workers) as pool:
-            for chunk_counts in pool.imap_unordered(_count_chunk, chain(head, chunks)):
-                counts.update(chunk_counts)
+            bar.update(chars)
+    bar.close()
     return Counter({word.encode("utf-8"): n for word, n in counts.items()})
 
 

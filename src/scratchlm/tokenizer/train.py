@@ -44,7 +44,7 @@ def train_tokenizer(
             f"and {len(settings.special_tokens)} special tokens"
         )
     workers = settings.workers or os.cpu_count() or 1
-    counts = count_pretokens(texts, settings.pattern, workers=workers)
+    counts = count_pretokens(texts, settings.pattern, workers=workers, progress=progress)
     if not counts:
         raise StageError("tokenizer: the training text is empty")
     merges = train_bpe(counts, num_merges, progress=progress)
