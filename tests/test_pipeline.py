@@ -108,6 +108,36 @@ def test_crash_inside_a_stage_leaves_no_output_folder(tmp_path, monkeypatch):
     assert list((tmp_path / "work").iterdir()) == []  # no temp folder left behind either
 
 
+def test_crash_while_tokenizing_leaves_no_partial_shard(tmp_path, monkeypatch):
+    from scratchlm.tokenizer.tokenizer import Tokenizer
+
+    ws = Workspace(tmp_path / "work", "tiny")
+    recipe = tiny_recipe(curate={"max_docs": 0, "min_words": 0})
+    real = Tokenizer.encode_batch
+    batches = {"n": 0}
+
+    def crash_on_second_batch(self, texts, threads=0):
+        batches["n"] += 1
+        if batches["n"] == 2:
+            raise RuntimeError("simulated crash")
+        return real(self, texts, threads)
+
+    monkeypatch.setattr(Tokenizer, "encode_batch", crash_on_second_batch)
+    import scratchlm.tokenizer.shards as shards
+
+    real_batches = shards._batches
+    monkeypatch.setattr(
+        shards, "_batches", lambda texts, size: real_batches(texts, 20)
+    )  # several batches
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_pipeline(recipe, ws, progress=False)
+    assert batches["n"] == 2  # the first batch's tokens were written before the crash
+    assert not ws.out("tokenize").exists()
+    assert sorted(p.name for p in ws.root.iterdir()) == ["curated", "tokenizer"]
+    monkeypatch.setattr(Tokenizer, "encode_batch", real)
+    assert ran(run_pipeline(recipe, ws, progress=False)) == ["tokenize", "pretrain", "sample"]
+
+
 def test_interrupted_stage_reruns(tmp_path, write_recipe):
     """Kill `scratchlm run` in the middle of pretraining; the next run skips the finished
     stages and trains again, because the killed stage never wrote its manifest."""

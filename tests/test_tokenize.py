@@ -87,3 +87,9 @@ def test_tiny_corpus_still_gets_a_validation_document(tmp_path):
         texts, tok, TokenizeSettings(val_fraction=0.01), tmp_path, progress=False
     )
     assert meta["documents"] == {"train": 2, "val": 1}
+
+
+def test_dtype_follows_vocab_size():
+    from scratchlm.tokenizer.shards import token_dtype
+
+    assert token_dtype(65536) == np.uint16 and token_dtype(65537) == np.uint32
