@@ -6,7 +6,8 @@ import json
 import subprocess
 import sys
 
-from scratchlm.infer.generate import generate_text, load_run
+from scratchlm.infer.generate import generate_text
+from scratchlm.train.checkpoint import load_run
 
 
 def test_whole_chain_learns(tmp_path, write_recipe):

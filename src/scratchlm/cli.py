@@ -145,6 +145,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--pattern", help="split pattern (gpt2, gpt4 or a regex) when the source has none"
     )
 
+    desc = "Export a run for other tools: `export hf RUN OUT` writes an HF transformers folder"
+    p = sub.add_parser("export", help=desc, description=desc)
+    p.add_argument(
+        "format", choices=["hf"], help="hf: GPT2LMHeadModel or LlamaForCausalLM, with tokenizer"
+    )
+    p.add_argument("run", help="a run folder, e.g. work/demo/runs/demo")
+    p.add_argument("out", help="output folder")
+    desc = "Import a model: `import hf DIR OUT` turns a local HF GPT-2 / Llama folder into a run folder"
+    p = sub.add_parser("import", help=desc, description=desc)
+    p.add_argument(
+        "format", choices=["hf"], help="hf: a folder saved by save_pretrained (GPT-2 or Llama)"
+    )
+    p.add_argument(
+        "src", help="the HF model folder (config.json, model.safetensors, tokenizer files)"
+    )
+    p.add_argument("out", help="the run folder to create")
+
     desc = "Sample text from a trained run folder"
     p = sub.add_parser(
         "generate",
@@ -249,7 +266,8 @@ def cmd_generate(args: argparse.Namespace) -> None:
     import yaml
 
     from scratchlm.config import apply_overrides
-    from scratchlm.infer.generate import generate_text, load_run
+    from scratchlm.infer.generate import generate_text
+    from scratchlm.train.checkpoint import load_run
 
     run_dir = Path(args.run)
     config = run_dir / "config.yaml"
@@ -315,6 +333,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "generate":
             cmd_generate(args)
+            return 0
+        if args.command == "export":
+            from scratchlm.export.hf import export_run
+
+            for path in export_run(args.run, args.out):
+                print(path)
+            return 0
+        if args.command == "import":
+            from scratchlm.export.hf import import_run
+
+            run = import_run(args.src, args.out)
+            print(f"{run}: imported; try `scratchlm generate {run} --prompt 'Hello'`")
             return 0
         if args.command == "tokenizer" and args.tokenizer_command != "train":
             cmd_tokenizer(args)

@@ -1,9 +1,11 @@
-"""A GPT-style decoder-only transformer, one small class per concept.
+"""A decoder-only transformer, one small class per concept.
 
-    tokens -> token embedding + position embedding -> N x Block -> LayerNorm -> LM head -> logits
-    Block:  x = x + Attention(LayerNorm(x));  x = x + MLP(LayerNorm(x))     (pre-norm residuals)
+    tokens -> token embedding (+ learned positions) -> N x Block -> norm -> LM head -> logits
+    Block:  x = x + Attention(Norm(x));  x = x + MLP(Norm(x))        (pre-norm residuals)
 
-The model is written for one device and knows nothing of training or data.
+One `ModelConfig` describes it: GPT-2 (LayerNorm, learned positions, GELU, tied embeddings)
+and Llama (RMSNorm, RoPE, SwiGLU, grouped-query attention) are two settings of the same code.
+The model is written for one device and knows nothing of training, data or torch.distributed.
 """
 
 from __future__ import annotations
@@ -15,62 +17,21 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from scratchlm.config import ModelConfig
-
-
-class CausalSelfAttention(nn.Module):
-    """Multi-head self-attention where position t attends only to positions <= t."""
-
-    def __init__(self, cfg: ModelConfig):
-        super().__init__()
-        self.n_head = cfg.n_head
-        self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)  # q, k, v in one matmul
-        self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
-        self.dropout = cfg.dropout
-        self.resid_drop = nn.Dropout(cfg.dropout)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, T, C = x.shape
-        q, k, v = self.qkv(x).split(C, dim=2)
-        # (B, T, C) -> (B, heads, T, head_dim): every head attends independently
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
-        # Flash / memory-efficient kernels where available; same maths as attention_reference.
-        y = F.scaled_dot_product_attention(
-            q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
-        )
-        y = y.transpose(1, 2).contiguous().view(B, T, C)
-        return self.resid_drop(self.proj(y))
-
-
-def attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """softmax(q k^T / sqrt(d) + causal mask) v, written out; tests compare SDPA against it."""
-    T = q.size(-2)
-    att = (q @ k.transpose(-2, -1)) / math.sqrt(q.size(-1))
-    mask = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
-    att = att.masked_fill(~mask, float("-inf"))
-    return att.softmax(dim=-1) @ v
-
-
-class MLP(nn.Module):
-    def __init__(self, cfg: ModelConfig):
-        super().__init__()
-        self.fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=cfg.bias)
-        self.proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
-        self.drop = nn.Dropout(cfg.dropout)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop(self.proj(F.gelu(self.fc(x), approximate="tanh")))
+from scratchlm.model.attention import CausalSelfAttention
+from scratchlm.model.cache import KVCache
+from scratchlm.model.layers import MLP, make_norm, rope_tables
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, layer: int):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
-        self.attn = CausalSelfAttention(cfg)
-        self.ln_2 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.ln_1 = make_norm(cfg)
+        self.attn = CausalSelfAttention(cfg, layer)
+        self.ln_2 = make_norm(cfg)
         self.mlp = MLP(cfg)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x))
+    def forward(self, x: torch.Tensor, rope=None, mask=None, cache=None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), rope, mask, cache)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -81,40 +42,103 @@ class GPT(nn.Module):
             raise ValueError("ModelConfig.vocab_size must be set (the tokenizer's vocab size)")
         self.cfg = cfg
         self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
-        self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd)
+        self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd) if cfg.position == "learned" else None
+        if cfg.position == "rope":
+            cos, sin = rope_tables(cfg)
+            self.register_buffer("rope_cos", cos, persistent=False)  # derived, never saved
+            self.register_buffer("rope_sin", sin, persistent=False)
         self.drop = nn.Dropout(cfg.dropout)
-        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
-        self.ln_f = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
+        self.ln_f = make_norm(cfg)
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
-        self.lm_head.weight = self.wte.weight  # tied: one matrix reads and writes tokens
-        self.apply(self._init_weights)
-        # GPT-2: scale the projections that write into the residual stream by 1/sqrt(2 * layers),
-        # so the stream's variance does not grow with depth.
-        for name, p in self.named_parameters():
-            if name.endswith("proj.weight"):
-                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.wte.weight  # one matrix reads and writes tokens
+        self.reset_parameters()
 
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            nn.init.zeros_(module.bias)
+    def reset_parameters(self) -> None:
+        """GPT-2's initialisation: N(0, init_std) for matrices, zero biases, unit norm gains;
+        the projections that write into the residual stream scaled by 1/sqrt(2 * layers), so
+        the stream's variance does not grow with depth."""
+        std = self.cfg.init_std
+        for name, module in self.named_modules():
+            if isinstance(module, nn.Linear | nn.Embedding):
+                scale = math.sqrt(2 * self.cfg.n_layer) if name.endswith("proj") else 1.0
+                nn.init.normal_(module.weight, mean=0.0, std=std / scale)
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                nn.init.zeros_(module.bias)
+
+    def _positions_and_mask(
+        self,
+        T: int,
+        device: torch.device,
+        cache: KVCache | None,
+        attention_mask: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Positions (1 or B, T) of the new tokens and the attention mask (B, 1, T, S) or None."""
+        start = cache.length if cache is not None else 0
+        if attention_mask is None and cache is None:
+            return torch.arange(T, device=device)[None], None  # training: plain causal
+        if attention_mask is None:
+            attention_mask = torch.ones(cache.key_mask.size(0), T, dtype=torch.bool, device=device)
+        keys = (
+            cache.extend_mask(attention_mask.bool()) if cache is not None else attention_mask.bool()
+        )
+        # A row's position counts its real tokens: left padding leaves real positions as they were.
+        positions = (keys.long().cumsum(-1) - 1).clamp(min=0)[:, start:]
+        S = keys.size(1)
+        causal = (
+            torch.arange(start, start + T, device=device)[:, None]
+            >= torch.arange(S, device=device)[None]
+        )
+        mask = causal[None] & keys[:, None, :]
+        # A padding query sees no real key; let it see itself so softmax stays finite.
+        mask |= (
+            torch.arange(start, start + T, device=device)[:, None]
+            == torch.arange(S, device=device)[None]
+        )
+        return positions, mask[:, None]
+
+    def hidden_states(
+        self,
+        idx: torch.Tensor,
+        cache: KVCache | None = None,
+        attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The final normalised hidden state of every position, (B, T, C)."""
+        B, T = idx.shape
+        start = cache.length if cache is not None else 0
+        if start + T > self.cfg.block_size:
+            raise ValueError(
+                f"{start + T} positions are more than block_size={self.cfg.block_size}"
+            )
+        positions, mask = self._positions_and_mask(T, idx.device, cache, attention_mask)
+        x = self.wte(idx)
+        if self.wpe is not None:
+            x = x + self.wpe(positions)
+        rope = None
+        if self.cfg.position == "rope":
+            rope = (self.rope_cos[positions][:, None], self.rope_sin[positions][:, None])
+        x = self.drop(x)
+        for block in self.blocks:
+            x = block(x, rope, mask, cache)
+        if cache is not None:
+            cache.advance(T)
+        return self.ln_f(x)
 
     def forward(
-        self, idx: torch.Tensor, targets: torch.Tensor | None = None
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        *,
+        cache: KVCache | None = None,
+        attention_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Logits for every position; with `targets`, also the mean next-token cross-entropy."""
-        T = idx.size(1)
-        if self.cfg.block_size < T:
-            raise ValueError(
-                f"sequence of {T} tokens is longer than block_size={self.cfg.block_size}"
-            )
-        pos = torch.arange(T, device=idx.device)
-        x = self.drop(self.wte(idx) + self.wpe(pos))
-        for block in self.blocks:
-            x = block(x)
-        logits = self.lm_head(self.ln_f(x))
+        """Logits for every position; with `targets`, also the mean next-token cross-entropy
+        (targets of -1 are ignored)."""
+        logits = self.lm_head(self.hidden_states(idx, cache, attention_mask))
+        if self.cfg.logit_softcap:  # Gemma 2: keeps logits in (-c, c) smoothly
+            c = self.cfg.logit_softcap
+            logits = c * torch.tanh(logits / c)
         if targets is None:
             return logits, None
         loss = F.cross_entropy(
@@ -123,11 +147,14 @@ class GPT(nn.Module):
         return logits, loss
 
     def num_params(self, non_embedding: bool = True) -> int:
-        """Parameters counted once (tied weights once); position embeddings excluded by default."""
+        """Parameters, tied weights counted once; learned position embeddings excluded by default."""
         n = sum(p.numel() for p in self.parameters())
-        return n - self.wpe.weight.numel() if non_embedding else n
+        if non_embedding and self.wpe is not None:
+            n -= self.wpe.weight.numel()
+        return n
 
     def flops_per_token(self) -> float:
-        """Training FLOPs per token: 6N for the matmuls plus the attention scores (PaLM appendix B)."""
+        """Training FLOPs per token: 6N for the weights plus 12 L C T for the attention scores
+        (PaLM, appendix B), with N the non-embedding parameters."""
         c = self.cfg
         return 6 * self.num_params() + 12 * c.n_layer * c.n_embd * c.block_size

@@ -9,7 +9,6 @@ folder named step_* is always whole.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,18 @@ from scratchlm.errors import StageError
 from scratchlm.io import atomic_dir
 
 
+def weights_for_saving(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict with each shared tensor once (safetensors refuses shared storage);
+    a tied model re-ties on load because the tie lives in its config."""
+    state, seen = {}, set()
+    for name, tensor in model.state_dict().items():
+        if tensor.data_ptr() in seen:
+            continue
+        seen.add(tensor.data_ptr())
+        state[name] = tensor.detach().cpu().contiguous()
+    return state
+
+
 def save_checkpoint(
     run_dir: Path,
     step: int,
@@ -31,13 +42,7 @@ def save_checkpoint(
 ) -> Path:
     path = run_dir / "checkpoints" / f"step_{step:06d}"
     with atomic_dir(path) as tmp:
-        # safetensors refuses shared storage; the tied lm_head is rebuilt from wte on load.
-        state = {
-            k: v.detach().cpu().contiguous()
-            for k, v in model.state_dict().items()
-            if k != "lm_head.weight"
-        }
-        save_file(state, str(tmp / "model.safetensors"))
+        save_file(weights_for_saving(model), str(tmp / "model.safetensors"))
         if optimizer is not None:
             torch.save({"optimizer": optimizer.state_dict(), "step": step}, tmp / "state.pt")
         (tmp / "meta.json").write_text(json.dumps({"step": step, **meta}, indent=2))
@@ -65,12 +70,20 @@ def load_model_config(run_dir: Path) -> ModelConfig:
 def load_weights(model: torch.nn.Module, ckpt: Path) -> None:
     state = load_file(str(ckpt / "model.safetensors"))
     missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if k != "lm_head.weight"]
+    names = {n for n, _ in model.named_parameters(remove_duplicate=False)}
+    tied = names - {n for n, _ in model.named_parameters()}  # saved once, under the other name
+    missing = [k for k in missing if k not in tied]
     if missing or unexpected:
         raise StageError(
             f"{ckpt}: weights do not fit the model (missing {missing}, unexpected {unexpected})"
         )
 
 
-def model_config_dict(cfg: ModelConfig) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)
+def load_run(run_dir: Path, device: str = "cpu") -> tuple[torch.nn.Module, Any]:
+    """The model of a run folder's latest checkpoint, in eval mode, and the run's tokenizer."""
+    from scratchlm.model.gpt import GPT
+    from scratchlm.tokenizer.tokenizer import load_tokenizer
+
+    model = GPT(load_model_config(run_dir))
+    load_weights(model, latest_checkpoint(run_dir))
+    return model.to(device).eval(), load_tokenizer(run_dir / "tokenizer.json")
