@@ -15,7 +15,7 @@ import time
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
+from baselines import NanoGPT
 
 from scratchlm.config import ModelConfig
 from scratchlm.model.gpt import GPT
@@ -24,49 +24,6 @@ SHAPES = {
     "demo": dict(vocab_size=2048, block_size=128, n_layer=4, n_head=4, n_embd=192, batch=16),
     "10m": dict(vocab_size=8192, block_size=256, n_layer=6, n_head=6, n_embd=384, batch=8),
 }
-
-
-class BaselineBlock(nn.Module):
-    """nanoGPT's block as nanoGPT writes it (c_attn / c_proj / c_fc, GELU, SDPA)."""
-
-    def __init__(self, d: int, h: int):
-        super().__init__()
-        self.h = h
-        self.ln_1, self.ln_2 = nn.LayerNorm(d, bias=False), nn.LayerNorm(d, bias=False)
-        self.c_attn, self.c_proj = nn.Linear(d, 3 * d, bias=False), nn.Linear(d, d, bias=False)
-        self.c_fc, self.mlp_proj = nn.Linear(d, 4 * d, bias=False), nn.Linear(4 * d, d, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, T, C = x.shape
-        q, k, v = self.c_attn(self.ln_1(x)).split(C, dim=2)
-        q, k, v = (t.view(B, T, self.h, C // self.h).transpose(1, 2) for t in (q, k, v))
-        y = (
-            F.scaled_dot_product_attention(q, k, v, is_causal=True)
-            .transpose(1, 2)
-            .contiguous()
-            .view(B, T, C)
-        )
-        x = x + self.c_proj(y)
-        return x + self.mlp_proj(F.gelu(self.c_fc(self.ln_2(x)), approximate="tanh"))
-
-
-class Baseline(nn.Module):
-    def __init__(self, vocab_size: int, block_size: int, n_layer: int, n_head: int, n_embd: int):
-        super().__init__()
-        self.wte, self.wpe = nn.Embedding(vocab_size, n_embd), nn.Embedding(block_size, n_embd)
-        self.h = nn.ModuleList(BaselineBlock(n_embd, n_head) for _ in range(n_layer))
-        self.ln_f = nn.LayerNorm(n_embd, bias=False)
-        self.lm_head = nn.Linear(n_embd, vocab_size, bias=False)
-        self.lm_head.weight = self.wte.weight
-
-    def forward(
-        self, idx: torch.Tensor, targets: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self.wte(idx) + self.wpe(torch.arange(idx.size(1)))
-        for block in self.h:
-            x = block(x)
-        logits = self.lm_head(self.ln_f(x))
-        return logits, F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
 
 
 def time_steps(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
@@ -90,7 +47,7 @@ def main() -> None:
     batch = shape.pop("batch")
     torch.manual_seed(0)
     ours = GPT(ModelConfig(**shape))
-    base = Baseline(**shape)
+    base = NanoGPT(**shape, bias=False)
     gen = torch.Generator().manual_seed(0)
 
     def random_batch() -> tuple[torch.Tensor, torch.Tensor]:

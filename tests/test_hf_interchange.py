@@ -43,6 +43,10 @@ def hf_models() -> dict[str, torch.nn.Module]:
         LlamaConfig(hidden_size=64, intermediate_size=176, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                     vocab_size=VOCAB, max_position_embeddings=64, rope_theta=500.0, tie_word_embeddings=False, bos_token_id=0, eos_token_id=0)
     )  # fmt: skip
+    with torch.no_grad():  # HF zeroes biases and sets norms to one at init: randomise them all
+        for name, p in [*gpt2.named_parameters(), *llama.named_parameters()]:
+            if name.endswith("bias") or "ln" in name or "norm" in name:
+                p.copy_(torch.randn_like(p) * 0.1 + (1.0 if name.endswith("weight") else 0.0))
     return {"gpt2": gpt2.eval(), "llama": llama.eval()}
 
 
@@ -68,8 +72,16 @@ def test_import_gives_hfs_logits_and_greedy_text(family, tmp_path):
     assert torch.equal(sample(ours, prompt, 16, temperature=0), hf_greedy(hf, prompt, 16))
 
 
-@pytest.mark.parametrize("preset", ["gpt2-tiny", "llama-tiny"])
-def test_export_loads_in_transformers_with_no_custom_code(preset, tmp_path):
+@pytest.mark.parametrize(
+    "preset, extra",
+    [
+        ("gpt2-tiny", {}),
+        ("gpt2-tiny", {"bias": False, "tie_embeddings": False}),
+        ("llama-tiny", {}),
+        ("llama-tiny", {"n_kv_head": 1, "bias": True}),
+    ],
+)
+def test_export_loads_in_transformers_with_no_custom_code(preset, extra, tmp_path):
     from pydoc_data.topics import topics
 
     tok = train_tokenizer(

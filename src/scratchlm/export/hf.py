@@ -26,7 +26,7 @@ from scratchlm.io import atomic_write_json
 
 def hf_family(cfg: ModelConfig) -> str:
     """'gpt2' or 'llama', or a StageError naming the settings that neither family has."""
-    gpt2 = {"norm": "layernorm", "position": "learned", "mlp": "gelu", "bias": True}
+    gpt2 = {"norm": "layernorm", "position": "learned", "mlp": "gelu"}  # no bias = zero bias
     llama = {"norm": "rmsnorm", "position": "rope", "mlp": "swiglu"}
     common = {"qk_norm": False, "logit_softcap": 0.0}
     off = {k: v for k, v in common.items() if getattr(cfg, k) != v}
@@ -48,7 +48,15 @@ def hf_family(cfg: ModelConfig) -> str:
 # ------------------------------------------------------------------ name maps, ours -> HF
 
 
+def _with_zero_biases(sd: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
+    layers = ("ln_1", "ln_2", "attn.qkv", "attn.proj", "mlp.fc", "mlp.proj")
+    names = ["ln_f"] + [f"blocks.{i}.{m}" for i in range(cfg.n_layer) for m in layers]
+    return sd | {f"{n}.bias": torch.zeros(sd[f"{n}.weight"].size(0)) for n in names}
+
+
 def _gpt2_state(sd: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
+    if not cfg.bias:  # HF GPT-2 always has biases; a model without them equals one with zeros
+        sd = _with_zero_biases(sd, cfg)
     out = {"transformer.wte.weight": sd["wte.weight"], "transformer.wpe.weight": sd["wpe.weight"]}
     for i in range(cfg.n_layer):
         ours, hf = f"blocks.{i}.", f"transformer.h.{i}."
@@ -160,10 +168,7 @@ def export_hf(model: torch.nn.Module, tokenizer: Any, out_dir: str | os.PathLike
     os.replace(tmp, out / "model.safetensors")
     eot = getattr(tokenizer, "eot_id", None)
     atomic_write_json(out / "config.json", _hf_config(cfg, family, eot))
-    atomic_write_json(
-        out / "generation_config.json",
-        {"bos_token_id": eot, "eos_token_id": eot, "max_length": cfg.block_size},
-    )
+    atomic_write_json(out / "generation_config.json", {"bos_token_id": eot, "eos_token_id": eot})
     files = [out / "config.json", out / "model.safetensors", out / "generation_config.json"]
     if isinstance(tokenizer, Tokenizer):
         files += export_tokenizer(tokenizer, out, model_max_length=cfg.block_size)
