@@ -93,3 +93,31 @@ def test_dtype_follows_vocab_size():
     from scratchlm.tokenizer.shards import token_dtype
 
     assert token_dtype(65536) == np.uint16 and token_dtype(65537) == np.uint32
+
+
+def test_tail_split_holds_out_the_last_tokens(tmp_path):
+    texts = corpus()
+    tok = train_tokenizer(texts, TokenizerSettings(vocab_size=300), progress=False)
+    (tmp_path / "all").mkdir()
+    (tmp_path / "tail").mkdir()
+    whole = tokenize_corpus(
+        texts, tok, TokenizeSettings(val_fraction=0.0), tmp_path / "all", progress=False
+    )
+    meta = tokenize_corpus(
+        texts,
+        tok,
+        TokenizeSettings(val_fraction=0.1, split="tail", shard_tokens=1500),
+        tmp_path / "tail",
+        progress=False,
+    )
+    stream = read_split(tmp_path / "all", whole, "train")
+    train, val = (
+        read_split(tmp_path / "tail", meta, "train"),
+        read_split(tmp_path / "tail", meta, "val"),
+    )
+    assert len(val) == int(len(stream) * 0.1) and meta["tokens"] == {
+        "train": len(train),
+        "val": len(val),
+    }
+    assert np.array_equal(np.concatenate([train, val]), stream)
+    assert all((tmp_path / "tail" / f).stat().st_size <= 1500 * 2 for f in meta["files"]["train"])

@@ -18,6 +18,29 @@ def test_schedule_at_known_steps():
     assert lr_at(110, s) == pytest.approx(0.1)
 
 
+def test_warmup_stable_decay_at_known_steps():
+    s = PretrainSettings(
+        lr=2.0, min_lr_ratio=0.0, warmup_steps=10, max_steps=100, schedule="wsd", decay_fraction=0.2
+    )
+    assert lr_at(4, s) == pytest.approx(1.0)  # warming up: (4 + 1) / 10 of the peak
+    assert lr_at(10, s) == lr_at(79, s) == pytest.approx(2.0)  # stable until the last 20 steps
+    assert lr_at(90, s) == pytest.approx(1.0)  # halfway down the linear decay
+    assert lr_at(100, s) == pytest.approx(0.0)
+
+
+def test_muon_takes_the_hidden_matrices_and_adamw_the_rest():
+    model = GPT(ModelConfig(vocab_size=50, block_size=8, n_layer=2, n_head=2, n_embd=16))
+    opt = make_optimizer(model, PretrainSettings(optimizer="muon"), torch.device("cpu"))
+    muon, adamw = opt.optimizers
+    muon_params = {id(p) for g in muon.param_groups for p in g["params"]}
+    for name, p in model.named_parameters():
+        assert (id(p) in muon_params) == (name.startswith("blocks.") and p.dim() == 2), name
+    opt.set_lr_scale(0.5)
+    assert muon.param_groups[0]["lr"] == pytest.approx(0.01) and adamw.param_groups[0][
+        "lr"
+    ] == pytest.approx(5e-4)
+
+
 def test_weight_decay_only_on_matrices():
     model = GPT(ModelConfig(vocab_size=50, block_size=8, n_layer=1, n_head=2, n_embd=16, bias=True))
     opt = make_optimizer(model, PretrainSettings(weight_decay=0.1), torch.device("cpu"))

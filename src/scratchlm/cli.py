@@ -61,6 +61,11 @@ def _add_recipe_args(p: argparse.ArgumentParser) -> None:
         help="override a setting, e.g. model.n_layer=6 (repeatable)",
     )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="pretraining continues from the run's latest checkpoint (pretrain.resume=auto)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -161,6 +166,17 @@ def build_parser() -> argparse.ArgumentParser:
         "src", help="the HF model folder (config.json, model.safetensors, tokenizer files)"
     )
     p.add_argument("out", help="the run folder to create")
+
+    desc = "Compute-optimal model size and token count for a budget (Chinchilla: 20 tokens per parameter)"
+    p = sub.add_parser("plan", help=desc, description=desc)
+    budget = p.add_mutually_exclusive_group(required=True)
+    budget.add_argument("--flops", type=float, help="training compute in FLOPs, e.g. 1e19")
+    budget.add_argument("--hours", type=float, help="wall-clock hours on --gpus GPUs")
+    p.add_argument("--gpus", type=int, default=1)
+    p.add_argument("--gpu", default="H100", help="H100, H200, A100, ... (for the peak FLOP/s)")
+    p.add_argument(
+        "--mfu", type=float, default=0.4, help="expected model FLOP utilisation (default 0.4)"
+    )
 
     desc = "Sample text from a trained run folder"
     p = sub.add_parser(
@@ -334,6 +350,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "generate":
             cmd_generate(args)
             return 0
+        if args.command == "plan":
+            from scratchlm.train.plan import describe, plan
+
+            try:
+                print(describe(plan(args.flops, args.hours, args.gpus, args.gpu, args.mfu)))
+            except ValueError as e:
+                raise StageError(str(e)) from None
+            return 0
         if args.command == "export":
             from scratchlm.export.hf import export_run
 
@@ -349,7 +373,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "tokenizer" and args.tokenizer_command != "train":
             cmd_tokenizer(args)
             return 0
-        recipe = load_recipe(args.recipe, args.overrides)  # validates everything before any work
+        overrides = args.overrides + (
+            ["pretrain.resume=auto"] if getattr(args, "resume", False) else []
+        )
+        recipe = load_recipe(args.recipe, overrides)  # validates everything before any work
         if args.command == "run":
             cmd_run(args, recipe)
         elif args.command == "tokenizer" and args.input:
@@ -361,7 +388,10 @@ def main(argv: list[str] | None = None) -> int:
     except ScratchlmError as e:
         print(f"scratchlm: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
+        if str(e):  # training saved a checkpoint and says how to continue
+            print(f"scratchlm: interrupted by {e}", file=sys.stderr)
+            return 130
         print(
             "scratchlm: interrupted; finished stages are kept, the interrupted one re-runs next time",
             file=sys.stderr,

@@ -83,8 +83,9 @@ class TokenizerSettings:
 
 @dataclass
 class TokenizeSettings:
-    val_fraction: float = setting(
-        0.05, "share of documents held out for validation", min=0.0, max=0.5
+    val_fraction: float = setting(0.05, "share held out for validation", min=0.0, max=0.5)
+    split: Literal["documents", "tail"] = setting(
+        "documents", "hold out whole documents, or the last tokens of the corpus (one-file corpora)"
     )
     seed: int = setting(1337, "seed of the train/validation split")
     threads: int = setting(0, "encoding threads (0 = all cores)", min=0)
@@ -185,20 +186,56 @@ class ModelConfig:
 class PretrainSettings:
     name: str = setting("demo", "run name: the run folder is <work>/runs/<name>")
     max_steps: int = setting(1000, "optimizer steps", min=1)
-    batch_size: int = setting(16, "sequences per micro-batch", min=1)
+    batch_size: int = setting(16, "sequences per micro-batch (per process)", min=1)
     grad_accum: int = setting(1, "micro-batches per optimizer step", min=1)
-    lr: float = setting(1e-3, "peak learning rate", min=0.0)
-    min_lr_ratio: float = setting(0.1, "final learning rate as a fraction of lr", min=0.0, max=1.0)
+    tokens_per_step: int = setting(
+        0, "if set: grad_accum = this / (batch_size x block_size x processes)", min=0
+    )
+    optimizer: Literal["adamw", "muon"] = setting(
+        "adamw", "muon: Muon for hidden matrices, AdamW for the rest"
+    )
+    lr: float = setting(1e-3, "peak AdamW learning rate", min=0.0)
+    muon_lr: float = setting(0.02, "peak Muon learning rate (optimizer=muon)", min=0.0)
+    muon_momentum: float = setting(0.95, "Muon momentum", min=0.0, max=1.0)
+    schedule: Literal["cosine", "wsd"] = setting(
+        "cosine", "warmup then cosine decay, or warmup-stable-decay"
+    )
+    decay_fraction: float = setting(0.2, "wsd: share of steps spent decaying", min=0.0, max=1.0)
+    min_lr_ratio: float = setting(
+        0.1, "final learning rate as a fraction of the peak", min=0.0, max=1.0
+    )
     warmup_steps: int = setting(100, "linear warmup steps", min=0)
     weight_decay: float = setting(0.1, "AdamW weight decay on matrices", min=0.0)
     beta1: float = setting(0.9, "AdamW beta1", min=0.0, max=1.0)
     beta2: float = setting(0.95, "AdamW beta2", min=0.0, max=1.0)
     grad_clip: float = setting(1.0, "clip gradient norm to this (0 = off)", min=0.0)
+    on_nonfinite: Literal["stop", "skip"] = setting(
+        "stop", "a NaN/inf loss or gradient: stop, or skip the batch"
+    )
     eval_every: int = setting(100, "steps between validation evaluations", min=1)
     eval_batches: int = setting(20, "batches per validation evaluation", min=1)
-    seed: int = setting(1337, "seed for initialisation and batch sampling")
+    sample_every: int = setting(0, "steps between text samples in the log (0 = off)", min=0)
+    checkpoint_every: int = setting(0, "steps between checkpoints (0 = only at the end)", min=0)
+    keep_last: int = setting(
+        2, "checkpoints kept (the best by validation loss is also kept)", min=1
+    )
+    resume: Literal["never", "auto"] = setting(
+        "never", "auto: continue from the run's latest checkpoint"
+    )
+    seed: int = setting(1337, "seed for initialisation, data order and dropout")
     device: Literal["auto", "cpu", "cuda", "mps"] = setting("auto", "where to train")
     threads: int = setting(0, "torch CPU threads (0 = all cores)", min=0)
+    compile: bool = setting(False, "torch.compile the model")
+    activation_checkpointing: bool = setting(
+        False, "recompute block activations in backward (less memory)"
+    )
+    peak_flops: float = setting(
+        0.0, "hardware FLOP/s for MFU (0 = measured on CPU, table on GPU)", min=0.0
+    )
+    loggers: list[str] = setting([], "also log to: tensorboard, wandb")
+    time_limit: float = setting(
+        0.0, "stop (and checkpoint) after this many minutes of training (0 = none)", min=0.0
+    )
 
 
 @dataclass

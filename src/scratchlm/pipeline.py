@@ -202,10 +202,11 @@ def run_stage(
         {sec: dataclasses.asdict(getattr(recipe, sec)) for sec in SECTIONS[stage]}, sort_keys=False
     )
     if stage == "pretrain":
-        # A run folder is trained in place (checkpoints appear as it goes); an unfinished
-        # earlier attempt is discarded so the new run starts clean.
-        shutil.rmtree(out, ignore_errors=True)
-        out.mkdir(parents=True)
+        # A run folder is trained in place (checkpoints appear as it goes). An earlier attempt
+        # is discarded so the new run starts clean, unless asked to resume from it.
+        if recipe.pretrain.resume != "auto":
+            shutil.rmtree(out, ignore_errors=True)
+        out.mkdir(parents=True, exist_ok=True)
         summary = RUNNERS[stage](recipe, ws, out, progress)
         (out / "settings.yaml").write_text(settings_yaml)
     else:

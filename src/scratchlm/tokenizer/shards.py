@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from collections.abc import Iterable, Iterator
 from itertools import islice
@@ -100,7 +101,8 @@ def tokenize_corpus(
         for batch in _batches(texts, 256):
             for ids in tok.encode_batch(batch, settings.threads):
                 arr = np.concatenate([np.asarray(ids, dtype=np.int64), eot])
-                if settings.val_fraction and _is_val(index, settings.seed, settings.val_fraction):
+                by_document = settings.split == "documents" and settings.val_fraction
+                if by_document and _is_val(index, settings.seed, settings.val_fraction):
                     writers["val"].write(arr)
                     docs["val"] += 1
                 else:
@@ -111,7 +113,8 @@ def tokenize_corpus(
                 index += 1
                 bar.update(len(arr))
         if held_back is not None:
-            if settings.val_fraction and docs["val"] == 0 and docs["train"] > 1:
+            tiny = settings.split == "documents" and docs["val"] == 0 and docs["train"] > 1
+            if settings.val_fraction and tiny:
                 split = "val"  # a tiny corpus: give validation at least one document
                 docs["train"] -= 1
                 docs["val"] += 1
@@ -122,6 +125,8 @@ def tokenize_corpus(
         bar.close()
         for w in writers.values():
             w.close()
+    if settings.split == "tail" and settings.val_fraction:
+        _move_tail_to_val(out_dir, writers["train"], writers["val"], settings.val_fraction)
     if writers["train"].tokens == 0:
         raise StageError("tokenize: no training tokens were produced (is the corpus empty?)")
     seconds = time.time() - start
@@ -139,6 +144,27 @@ def tokenize_corpus(
     }
     atomic_write_json(out_dir / "meta.json", meta)
     return meta
+
+
+def _move_tail_to_val(out_dir: Path, train: ShardWriter, val: ShardWriter, fraction: float) -> None:
+    """Hold out the last `fraction` of the training tokens, as nanoGPT's char baselines do."""
+    remaining = int(train.tokens * fraction)
+    tail: list[np.ndarray] = []
+    while remaining:
+        name = train.files[-1]
+        arr = np.fromfile(out_dir / name, dtype=train.dtype)
+        take = min(remaining, len(arr))
+        tail.insert(0, arr[len(arr) - take :].astype(np.int64))
+        if take == len(arr):
+            (out_dir / name).unlink()
+            train.files.pop()
+        else:
+            os.truncate(out_dir / name, (len(arr) - take) * train.dtype.itemsize)
+        train.tokens -= take
+        remaining -= take
+    for part in tail:
+        val.write(part)
+    val.close()
 
 
 def load_meta(tokens_dir: Path) -> dict[str, Any]:

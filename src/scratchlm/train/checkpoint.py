@@ -1,7 +1,7 @@
 """Checkpoints: weights in safetensors, training state beside them, written atomically.
 
     <run>/checkpoints/step_000600/model.safetensors   the weights (any tool can read them)
-                                  state.pt            optimizer state, step (tensors only)
+                                  state.pt            optimizer, data position, RNG states, step
                                   meta.json           step, validation loss, model config
 A checkpoint folder is built under a temporary name and renamed when complete, so a
 folder named step_* is always whole.
@@ -37,14 +37,16 @@ def save_checkpoint(
     run_dir: Path,
     step: int,
     model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer | None,
+    state: dict[str, Any] | None,
     meta: dict[str, Any],
 ) -> Path:
+    """Write checkpoints/step_NNNNNN: weights, the training `state` (tensors, numbers and
+    dicts only, so it loads with weights_only=True) and `meta`."""
     path = run_dir / "checkpoints" / f"step_{step:06d}"
     with atomic_dir(path) as tmp:
         save_file(weights_for_saving(model), str(tmp / "model.safetensors"))
-        if optimizer is not None:
-            torch.save({"optimizer": optimizer.state_dict(), "step": step}, tmp / "state.pt")
+        if state is not None:
+            torch.save(state, tmp / "state.pt")
         (tmp / "meta.json").write_text(json.dumps({"step": step, **meta}, indent=2))
     return path
 

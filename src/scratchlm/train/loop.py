@@ -1,10 +1,15 @@
-"""The pretraining loop: next-token prediction on token shards, AdamW, warmup + cosine.
+"""The pretraining loop: next-token prediction on token shards, exactly resumable.
 
 Run folder:
     config.yaml        the exact effective recipe (vocab size filled in): reproduce from it
     tokenizer.json     a copy, so the run folder alone can generate text
-    metrics.jsonl      one JSON object per logged step / evaluation
-    checkpoints/       step_NNNNNN/ folders (see checkpoint.py)
+    metrics.jsonl      one JSON object per step, evaluation and sample
+    loss.png           train and validation loss, redrawn at every evaluation
+    checkpoints/       step_NNNNNN/ folders (see checkpoint.py); the last K and the best kept
+
+A checkpoint holds everything the next step depends on: weights, optimizer state, the data
+order's position, every RNG state and the step. On CPU, a run killed at any moment and
+resumed with `resume: auto` ends with exactly the same weights as one never interrupted.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -22,14 +28,15 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from scratchlm.config import PretrainSettings, Recipe
+from scratchlm.config import Recipe
 from scratchlm.errors import StageError
-from scratchlm.io import atomic_write_text
+from scratchlm.io import atomic_write_json, atomic_write_text
 from scratchlm.model.gpt import GPT
 from scratchlm.tokenizer.shards import load_meta
-from scratchlm.train.checkpoint import save_checkpoint
+from scratchlm.train.checkpoint import latest_checkpoint, load_weights, save_checkpoint
 from scratchlm.train.data import TokenData
-from scratchlm.train.optim import lr_at, make_optimizer
+from scratchlm.train.mfu import peak_flops
+from scratchlm.train.optim import lr_scale, make_optimizer
 
 
 def resolve_device(name: str) -> torch.device:
@@ -53,6 +60,16 @@ def set_threads(threads: int) -> None:
     torch.set_num_threads(threads or os.cpu_count() or 1)
 
 
+def apply_activation_checkpointing(model: GPT) -> None:
+    """Recompute each block's activations during backward instead of storing them."""
+    from functools import partial
+
+    from torch.utils.checkpoint import checkpoint
+
+    for block in model.blocks:
+        block.forward = partial(checkpoint, type(block).forward, block, use_reentrant=False)
+
+
 def prepare_run(recipe: Recipe, tokens_dir: Path, tokenizer_path: Path, run_dir: Path) -> Recipe:
     """Fill in the vocab size from the tokens, write config.yaml and the tokenizer copy."""
     meta = load_meta(tokens_dir)
@@ -70,121 +87,397 @@ def prepare_run(recipe: Recipe, tokens_dir: Path, tokenizer_path: Path, run_dir:
     return recipe
 
 
-@torch.no_grad()
-def evaluate(
-    model: GPT, data: TokenData, batches: int, batch_size: int, seed: int, device: torch.device
-) -> float:
-    """Mean loss over the same `batches` windows every time (a fixed generator seed)."""
-    was_training = model.training
-    model.eval()
-    gen = torch.Generator().manual_seed(seed)
-    total = 0.0
-    for _ in range(batches):
-        x, y = data.batch(batch_size, gen)
-        with autocast_for(device):
-            _, loss = model(x.to(device), y.to(device))
-        total += loss.item()
-    model.train(was_training)
-    return total / batches
-
-
-def train_step(
-    model: GPT,
-    optimizer: torch.optim.Optimizer,
-    data: TokenData,
-    gen: torch.Generator,
-    s: PretrainSettings,
-    lr: float,
-    device: torch.device,
-) -> float:
-    """One optimizer step over `grad_accum` micro-batches; returns the mean training loss."""
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-    train_loss = 0.0
-    for _ in range(s.grad_accum):
-        x, y = data.batch(s.batch_size, gen)
-        with autocast_for(device):
-            _, loss = model(x.to(device), y.to(device))
-        (loss / s.grad_accum).backward()  # the mean over micro-batches = the big batch's loss
-        train_loss += loss.item() / s.grad_accum
-    if not math.isfinite(train_loss):
+def grad_accum_steps(s: Any, block_size: int, world: int = 1) -> int:
+    if not s.tokens_per_step:
+        return s.grad_accum
+    per_micro = s.batch_size * block_size * world
+    if s.tokens_per_step % per_micro:
         raise StageError(
-            f"pretrain: the loss became {train_loss}; lower pretrain.lr or raise warmup_steps"
+            f"pretrain.tokens_per_step={s.tokens_per_step} is not a multiple of batch_size x block_size x "
+            f"processes = {per_micro}"
         )
-    if s.grad_clip:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    return train_loss
+    return s.tokens_per_step // per_micro
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """SIGINT / SIGTERM arrived: a checkpoint was saved, and the run can resume."""
+
+
+class Trainer:
+    def __init__(
+        self,
+        recipe: Recipe,
+        tokens_dir: Path,
+        tokenizer_path: Path,
+        run_dir: Path,
+        progress: bool = True,
+    ):
+        self.s = s = recipe.pretrain
+        self.run_dir, self.progress = run_dir, progress
+        self.recipe = recipe = prepare_run(recipe, tokens_dir, tokenizer_path, run_dir)
+        self.cfg = cfg = recipe.model
+        self.device = resolve_device(s.device)
+        set_threads(s.threads)
+        self._check_loggers()
+        meta = load_meta(tokens_dir)
+        self.train_data = TokenData(
+            tokens_dir, "train", meta["files"]["train"], meta["dtype"], cfg.block_size, s.seed
+        )
+        self.val_split = "val" if meta["files"]["val"] else "train"
+        val = TokenData(
+            tokens_dir,
+            self.val_split,
+            meta["files"][self.val_split],
+            meta["dtype"],
+            cfg.block_size,
+            s.seed,
+        )
+        self.val_batches = val.fixed_batches(s.eval_batches, s.batch_size)
+        self.grad_accum = grad_accum_steps(s, cfg.block_size)
+        self.tokens_per_step = s.batch_size * self.grad_accum * cfg.block_size
+
+        torch.manual_seed(s.seed)
+        self.model = GPT(cfg).to(self.device)
+        self.optimizer = make_optimizer(self.model, s, self.device)
+        self.forward = self.model
+        if s.activation_checkpointing:
+            apply_activation_checkpointing(self.model)
+        if s.compile:
+            self.forward = torch.compile(self.model)
+        self.peak = peak_flops(self.device, s.peak_flops)
+        self.step, self.best_val, self.skipped = 0, math.inf, 0
+        self.history: dict[str, list[tuple[int, float]]] = {"train": [], "val": []}
+        if s.resume == "auto" and list((run_dir / "checkpoints").glob("step_*[0-9]")):
+            self._resume()
+        else:
+            (run_dir / "metrics.jsonl").write_text("")
+        self.stop_signal: str | None = None
+        self.external: Any = None  # the TensorBoard / W&B writer while running
+
+    # ------------------------------------------------------------------ resume and save
+
+    def _resume(self) -> None:
+        ckpt = latest_checkpoint(self.run_dir)
+        meta = json.loads((ckpt / "meta.json").read_text())
+        if meta.get("model") != dataclasses.asdict(self.cfg):
+            raise StageError(
+                f"{ckpt} was trained with other model settings; resume needs the same model.*"
+            )
+        load_weights(self.model, ckpt)
+        state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=True)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.train_data.load_state_dict(state["data"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if self.device.type == "cuda" and state["rng"].get("cuda") is not None:
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        self.step, self.best_val, self.skipped = (
+            int(state["step"]),
+            float(state["best_val"]),
+            int(state["skipped"]),
+        )
+        # Keep the log up to the checkpoint; what came after it is about to be redone.
+        records = [
+            json.loads(line)
+            for line in (self.run_dir / "metrics.jsonl").read_text().splitlines()
+            if line
+        ]
+        records = [r for r in records if r["step"] <= self.step]
+        atomic_write_text(
+            self.run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in records)
+        )
+        for r in records:
+            if "loss" in r:
+                self.history["train"].append((r["step"], r["loss"]))
+            if "val_loss" in r:
+                self.history["val"].append((r["step"], r["val_loss"]))
+        self._log_line(f"resumed from {ckpt} at step {self.step}")
+
+    def save(self, val_loss: float | None = None) -> Path:
+        state = {
+            "optimizer": self.optimizer.state_dict(),
+            "step": self.step,
+            "data": self.train_data.state_dict(),
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None,
+            },
+            "best_val": self.best_val,
+            "skipped": self.skipped,
+        }
+        meta = {
+            "val_loss": val_loss,
+            "model": dataclasses.asdict(self.cfg),
+            "pretrain": dataclasses.asdict(self.s),
+        }
+        path = save_checkpoint(self.run_dir, self.step, self.model, state, meta)
+        self._prune_checkpoints()
+        return path
+
+    def _prune_checkpoints(self) -> None:
+        """Keep the last `keep_last` checkpoints and the one with the best validation loss."""
+        ckpts = sorted((self.run_dir / "checkpoints").glob("step_*[0-9]"))
+        best, best_loss = None, math.inf
+        for c in ckpts:
+            loss = json.loads((c / "meta.json").read_text()).get("val_loss")
+            if loss is not None and loss < best_loss:
+                best, best_loss = c, loss
+        for c in ckpts[: -self.s.keep_last]:
+            if c != best:
+                shutil.rmtree(c)
+        if best is not None:
+            atomic_write_json(
+                self.run_dir / "checkpoints" / "best.json",
+                {"checkpoint": best.name, "val_loss": best_loss},
+            )
+
+    # ------------------------------------------------------------------ the step
+
+    def train_step(self) -> tuple[float, float]:
+        """One optimizer step over `grad_accum` micro-batches: (mean loss, gradient norm).
+        A non-finite loss or gradient skips the update (on_nonfinite=skip) or stops the run."""
+        self.optimizer.set_lr_scale(lr_scale(self.step, self.s))
+        loss_sum = 0.0
+        for _ in range(self.grad_accum):
+            x, y = self.train_data.next_batch(self.s.batch_size)
+            with autocast_for(self.device):
+                _, loss = self.forward(x.to(self.device), y.to(self.device))
+            (loss / self.grad_accum).backward()  # the mean over micro-batches = the big batch's
+            loss_sum += loss.item()
+        loss = loss_sum / self.grad_accum
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        norm = torch.nn.utils.clip_grad_norm_(params, self.s.grad_clip or math.inf).item()
+        if not (math.isfinite(loss) and math.isfinite(norm)):
+            self.optimizer.zero_grad()
+            what = f"loss {loss}, gradient norm {norm} at step {self.step}"
+            if self.s.on_nonfinite == "stop":
+                ckpts = sorted((self.run_dir / "checkpoints").glob("step_*[0-9]"))
+                last = ckpts[-1] if ckpts else "none yet"
+                raise StageError(
+                    f"pretrain: non-finite {what}; stopped. Last good checkpoint: {last}. "
+                    "Lower pretrain.lr, or set pretrain.on_nonfinite=skip"
+                )
+            self.skipped += 1
+            self._log_line(f"skipped a batch: non-finite {what}")
+            return loss, norm
+        self.optimizer.step()
+        self.optimizer.zero_grad()
+        return loss, norm
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        """Mean loss over the same validation batches every time."""
+        self.model.eval()
+        total = 0.0
+        for x, y in self.val_batches:
+            with autocast_for(self.device):
+                _, loss = self.forward(x.to(self.device), y.to(self.device))
+            total += loss.item()
+        self.model.train()
+        return total / len(self.val_batches)
+
+    # ------------------------------------------------------------------ the loop
+
+    def run(self) -> dict[str, Any]:
+        s = self.s
+        start = time.time()
+        if self.step == 0:
+            self._record_val(self.evaluate())
+        bar = tqdm(
+            total=s.max_steps,
+            initial=self.step,
+            desc="pretrain",
+            unit="step",
+            disable=not self.progress,
+            mininterval=0.5,
+        )
+        with self._signals(), bar, self._external_loggers() as self.external:
+            while self.step < s.max_steps:
+                t0 = time.time()
+                loss, norm = self.train_step()
+                self.step += 1
+                tok_s = self.tokens_per_step / max(time.time() - t0, 1e-9)
+                mfu = self.model.flops_per_token() * tok_s / self.peak
+                lr = self.optimizer.param_groups[-1]["lr"]
+                self._record(
+                    {
+                        "step": self.step,
+                        "loss": loss,
+                        "lr": lr,
+                        "grad_norm": norm,
+                        "tokens_per_second": tok_s,
+                        "mfu": mfu,
+                    }
+                )
+                bar.update()
+                bar.set_postfix(
+                    loss=f"{loss:.3f}",
+                    lr=f"{lr:.2e}",
+                    tok_s=f"{tok_s:,.0f}",
+                    mfu=f"{mfu:.0%}",
+                    refresh=False,
+                )
+                out_of_time = bool(s.time_limit) and time.time() - start > s.time_limit * 60
+                self._checkpoint_and_evaluate(
+                    done=self.step == s.max_steps or bool(self.stop_signal) or out_of_time
+                )
+                if self.stop_signal:
+                    raise TrainingInterrupted(
+                        f"{self.stop_signal}: saved step {self.step}; continue with --resume"
+                    )
+                if out_of_time:
+                    break
+        history = self.history["val"]
+        seconds = time.time() - start
+        return {
+            "steps": self.step,
+            "parameters": self.model.num_params(),
+            "tokens_seen": self.tokens_per_step * self.step,
+            "initial_val_loss": round(history[0][1], 4),
+            "final_val_loss": round(history[-1][1], 4),
+            "best_val_loss": round(self.best_val, 4),
+            "val_split": self.val_split,
+            "skipped_batches": self.skipped,
+            "seconds": round(seconds, 1),
+            "tokens_per_second": round(self.tokens_per_step * self.step / max(seconds, 1e-9)),
+            "checkpoint": str(latest_checkpoint(self.run_dir)),
+        }
+
+    def _checkpoint_and_evaluate(self, done: bool) -> None:
+        s = self.s
+        ckpt = None
+        if done or (s.checkpoint_every and self.step % s.checkpoint_every == 0):
+            ckpt = (
+                self.save()
+            )  # before evaluating: an evaluation that runs out of memory loses nothing
+        if done or self.step % s.eval_every == 0:
+            val = self.evaluate()
+            self.best_val = min(self.best_val, val)
+            self._record_val(val)
+            self._plot()
+            if ckpt is not None:
+                self._annotate(ckpt, val)
+        if s.sample_every and self.step % s.sample_every == 0:
+            self._sample()
+
+    def _annotate(self, ckpt: Path, val_loss: float) -> None:
+        """Add the validation loss, measured after saving, to the checkpoint's meta."""
+        meta = json.loads((ckpt / "meta.json").read_text()) | {"val_loss": val_loss}
+        atomic_write_json(ckpt / "meta.json", meta)
+        self._prune_checkpoints()
+
+    # ------------------------------------------------------------------ logging
+
+    def _record(self, record: dict[str, Any]) -> None:
+        with open(self.run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if "loss" in record:
+            self.history["train"].append((record["step"], record["loss"]))
+        if "val_loss" in record:
+            self.history["val"].append((record["step"], record["val_loss"]))
+        if self.external:
+            self.external(record)
+
+    def _record_val(self, val: float) -> None:
+        self._record({"step": self.step, "val_loss": val, "val_ppl": math.exp(min(val, 50))})
+
+    def _log_line(self, text: str) -> None:
+        if self.progress:
+            tqdm.write(f"pretrain: {text}")
+
+    def _plot(self) -> None:
+        from scratchlm.train.plots import plot_losses
+
+        plot_losses(self.history, self.run_dir / "loss.png", title=self.s.name)
+
+    def _sample(self) -> None:
+        from scratchlm.infer.generate import generate_text
+        from scratchlm.tokenizer.tokenizer import load_tokenizer
+
+        tok = load_tokenizer(self.run_dir / "tokenizer.json")
+        prompt = self.recipe.generate.prompts[0] if self.recipe.generate.prompts else ""
+        self.model.eval()
+        text = generate_text(
+            self.model,
+            tok,
+            prompt,
+            dataclasses.replace(
+                self.recipe.generate, max_new_tokens=min(64, self.recipe.generate.max_new_tokens)
+            ),
+        )
+        self.model.train()
+        self._record({"step": self.step, "sample": text})
+        self._log_line(f"sample at step {self.step}: {text!r}")
+
+    def _check_loggers(self) -> None:
+        import importlib.util
+
+        for name in self.s.loggers:
+            module = {"tensorboard": "tensorboard", "wandb": "wandb"}.get(name)
+            if module is None:
+                raise StageError(
+                    f"pretrain.loggers: unknown logger {name!r}; choose from tensorboard, wandb"
+                )
+            if importlib.util.find_spec(module) is None:
+                raise StageError(
+                    f"pretrain.loggers has {name}, but the {module} package is not installed: pip install {module}"
+                )
+
+    @contextlib.contextmanager
+    def _external_loggers(self):
+        writers = []
+        if "tensorboard" in self.s.loggers:
+            from torch.utils.tensorboard import SummaryWriter
+
+            tb = SummaryWriter(str(self.run_dir / "tensorboard"))
+            writers.append(
+                lambda r: [
+                    tb.add_scalar(k, v, r["step"])
+                    for k, v in r.items()
+                    if k != "step" and isinstance(v, float)
+                ]
+            )
+        if "wandb" in self.s.loggers:
+            import wandb
+
+            run = wandb.init(
+                project="scratchlm",
+                name=self.s.name,
+                config=self.recipe.to_dict(),
+                dir=str(self.run_dir),
+            )
+            writers.append(
+                lambda r: run.log(
+                    {k: v for k, v in r.items() if isinstance(v, float)}, step=r["step"]
+                )
+            )
+        try:
+            yield (lambda r: [w(r) for w in writers]) if writers else None
+        finally:
+            if "tensorboard" in self.s.loggers:
+                tb.close()
+            if "wandb" in self.s.loggers:
+                run.finish()
+
+    @contextlib.contextmanager
+    def _signals(self):
+        """SIGINT / SIGTERM finish the current step, save a checkpoint and stop."""
+
+        def request_stop(signum: int, frame: Any) -> None:
+            self.stop_signal = signal.Signals(signum).name
+
+        previous = {}
+        with contextlib.suppress(ValueError):  # only the main thread may set handlers
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                previous[sig] = signal.signal(sig, request_stop)
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
 
 def pretrain(
     recipe: Recipe, tokens_dir: Path, tokenizer_path: Path, run_dir: Path, progress: bool = True
 ) -> dict[str, Any]:
-    """Train a model from scratch on `tokens_dir`; return a summary of the run."""
-    s = recipe.pretrain
-    recipe = prepare_run(recipe, tokens_dir, tokenizer_path, run_dir)
-    cfg = recipe.model
-    meta = load_meta(tokens_dir)
-    device = resolve_device(s.device)
-    set_threads(s.threads)
-    torch.manual_seed(s.seed)
-
-    train = TokenData(tokens_dir, "train", meta["files"]["train"], meta["dtype"], cfg.block_size)
-    val_split = "val" if meta["files"]["val"] else "train"
-    val = TokenData(tokens_dir, val_split, meta["files"][val_split], meta["dtype"], cfg.block_size)
-
-    model = GPT(cfg).to(device)
-    optimizer = make_optimizer(model, s, device)
-    gen = torch.Generator().manual_seed(s.seed)
-    tokens_per_step = s.batch_size * s.grad_accum * cfg.block_size
-
-    def eval_now() -> float:
-        return evaluate(model, val, s.eval_batches, s.batch_size, s.seed + 1, device)
-
-    start = time.time()
-    val_losses: list[float] = []
-    with (
-        open(run_dir / "metrics.jsonl", "w") as metrics,
-        tqdm(range(s.max_steps), desc="pretrain", unit="step", disable=not progress) as bar,
-    ):
-
-        def log(record: dict[str, Any]) -> None:
-            metrics.write(json.dumps(record) + "\n")
-            metrics.flush()
-
-        for step in bar:
-            if step % s.eval_every == 0:
-                val_losses.append(eval_now())
-                log({"step": step, "val_loss": val_losses[-1], "time": time.time() - start})
-            lr = lr_at(step, s)
-            step_start = time.time()
-            train_loss = train_step(model, optimizer, train, gen, s, lr, device)
-            tok_s = tokens_per_step / max(time.time() - step_start, 1e-9)
-            bar.set_postfix(
-                loss=f"{train_loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}", refresh=False
-            )
-            log({"step": step + 1, "loss": train_loss, "lr": lr, "tokens_per_second": tok_s})
-        val_losses.append(eval_now())
-        log({"step": s.max_steps, "val_loss": val_losses[-1], "time": time.time() - start})
-
-    seconds = time.time() - start
-    summary = {
-        "steps": s.max_steps,
-        "parameters": model.num_params(),
-        "tokens_seen": tokens_per_step * s.max_steps,
-        "initial_val_loss": round(val_losses[0], 4),
-        "final_val_loss": round(val_losses[-1], 4),
-        "val_split": val_split,
-        "seconds": round(seconds, 1),
-        "tokens_per_second": round(tokens_per_step * s.max_steps / seconds),
-    }
-    ckpt = save_checkpoint(
-        run_dir,
-        s.max_steps,
-        model,
-        optimizer,
-        {"val_loss": val_losses[-1], "model": dataclasses.asdict(cfg)},
-    )
-    summary["checkpoint"] = str(ckpt)
-    return summary
+    """Train a model from scratch on `tokens_dir` (or resume it); return a summary of the run."""
+    return Trainer(recipe, tokens_dir, tokenizer_path, run_dir, progress).run()
