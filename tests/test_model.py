@@ -268,3 +268,14 @@ def test_presets_fill_in_and_keys_given_win():
         build(ModelConfig, {"preset": "gpt5"}, "model.")
     with pytest.raises(SettingsError, match="n_head=4 must be a multiple of n_kv_head=3"):
         build(ModelConfig, {"n_kv_head": 3})
+
+
+def test_gpt2_initialisation_scales_residual_projections():
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(vocab_size=500, block_size=32, n_layer=8, n_head=4, n_embd=256))
+    std = {name: p.std().item() for name, p in model.named_parameters() if p.dim() == 2}
+    scaled = 0.02 / math.sqrt(2 * 8)
+    for name, s in std.items():
+        expected = scaled if name.endswith("proj.weight") else 0.02
+        assert s == pytest.approx(expected, rel=0.05), name
+    assert all(p.abs().sum() == 0 for n, p in model.named_parameters() if n.endswith("bias"))
