@@ -8,7 +8,8 @@ import torch.nn.functional as F
 
 
 class NanoGPTBlock(nn.Module):
-    """nanoGPT's block as model.py writes it (c_attn / c_proj / c_fc, tanh GELU, SDPA)."""
+    """nanoGPT's block as model.py writes it (c_attn / c_proj / c_fc, nn.GELU() - the exact
+    erf GELU - and SDPA)."""
 
     def __init__(self, d: int, h: int, bias: bool):
         super().__init__()
@@ -23,7 +24,7 @@ class NanoGPTBlock(nn.Module):
         q, k, v = (t.view(B, T, self.h, C // self.h).transpose(1, 2) for t in (q, k, v))
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         x = x + self.c_proj(y.transpose(1, 2).contiguous().view(B, T, C))
-        return x + self.mlp_proj(F.gelu(self.c_fc(self.ln_2(x)), approximate="tanh"))
+        return x + self.mlp_proj(F.gelu(self.c_fc(self.ln_2(x))))
 
 
 class NanoGPT(nn.Module):

@@ -45,6 +45,17 @@ def _settings_help(sections: tuple[str, ...]) -> str:
     return "\n".join(lines)
 
 
+def _add_set(p: argparse.ArgumentParser, example: str) -> None:
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        metavar="KEY=VALUE",
+        action="append",
+        default=[],
+        help=f"override a setting, e.g. {example} (repeatable)",
+    )
+
+
 def _add_recipe_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "recipe",
@@ -52,14 +63,7 @@ def _add_recipe_args(p: argparse.ArgumentParser) -> None:
         help=f"recipe YAML file or built-in name ({', '.join(builtin_recipes())}); default: demo",
     )
     p.add_argument("--work", metavar="DIR", help="work folder (default: work/<recipe name>)")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        metavar="KEY=VALUE",
-        action="append",
-        default=[],
-        help="override a setting, e.g. model.n_layer=6 (repeatable)",
-    )
+    _add_set(p, "model.n_layer=6")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.add_argument(
         "--resume",
@@ -192,14 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         help="prompt text (repeatable; default: the run's generate.prompts)",
     )
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        metavar="KEY=VALUE",
-        action="append",
-        default=[],
-        help="override a generate setting, e.g. generate.temperature=0.5",
-    )
+    _add_set(p, "generate.temperature=0.5")
     return parser
 
 

@@ -47,6 +47,14 @@ def hf_family(cfg: ModelConfig) -> str:
 
 # ------------------------------------------------------------------ name maps, ours -> HF
 
+# Our linear layers and their names in HF GPT-2, where they are OpenAI's Conv1D: (in, out) weights.
+GPT2_LINEARS = (
+    ("attn.qkv", "attn.c_attn"),
+    ("attn.proj", "attn.c_proj"),
+    ("mlp.fc", "mlp.c_fc"),
+    ("mlp.proj", "mlp.c_proj"),
+)
+
 
 def _with_zero_biases(sd: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
     layers = ("ln_1", "ln_2", "attn.qkv", "attn.proj", "mlp.fc", "mlp.proj")
@@ -60,18 +68,13 @@ def _gpt2_state(sd: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torc
     out = {"transformer.wte.weight": sd["wte.weight"], "transformer.wpe.weight": sd["wpe.weight"]}
     for i in range(cfg.n_layer):
         ours, hf = f"blocks.{i}.", f"transformer.h.{i}."
-        for a, b in (("ln_1", "ln_1"), ("ln_2", "ln_2")):
-            out[f"{hf}{b}.weight"], out[f"{hf}{b}.bias"] = (
-                sd[f"{ours}{a}.weight"],
-                sd[f"{ours}{a}.bias"],
+        for n in ("ln_1", "ln_2"):
+            out[f"{hf}{n}.weight"], out[f"{hf}{n}.bias"] = (
+                sd[f"{ours}{n}.weight"],
+                sd[f"{ours}{n}.bias"],
             )
         # HF GPT-2 keeps OpenAI's Conv1D layers: weight is (in, out), the transpose of Linear's.
-        for a, b in (
-            ("attn.qkv", "attn.c_attn"),
-            ("attn.proj", "attn.c_proj"),
-            ("mlp.fc", "mlp.c_fc"),
-            ("mlp.proj", "mlp.c_proj"),
-        ):
+        for a, b in GPT2_LINEARS:
             out[f"{hf}{b}.weight"] = sd[f"{ours}{a}.weight"].t()
             out[f"{hf}{b}.bias"] = sd[f"{ours}{a}.bias"]
     out["transformer.ln_f.weight"], out["transformer.ln_f.bias"] = (
@@ -239,12 +242,7 @@ def _from_gpt2(hf: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch
                 hf[f"{h}{n}.weight"],
                 hf[f"{h}{n}.bias"],
             )
-        for a, b in (
-            ("attn.qkv", "attn.c_attn"),
-            ("attn.proj", "attn.c_proj"),
-            ("mlp.fc", "mlp.c_fc"),
-            ("mlp.proj", "mlp.c_proj"),
-        ):
+        for a, b in GPT2_LINEARS:
             sd[f"{ours}{a}.weight"] = hf[f"{h}{b}.weight"].t().contiguous()
             sd[f"{ours}{a}.bias"] = hf[f"{h}{b}.bias"]
     sd["lm_head.weight"] = hf.get("lm_head.weight", sd["wte.weight"])

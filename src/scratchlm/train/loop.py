@@ -163,6 +163,10 @@ class Trainer:
             raise StageError(
                 f"{ckpt} was trained with other model settings; resume needs the same model.*"
             )
+        if not (ckpt / "state.pt").is_file():
+            raise StageError(
+                f"{ckpt} holds weights only (an imported model?), no training state to resume"
+            )
         load_weights(self.model, ckpt)
         state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=True)
         self.optimizer.load_state_dict(state["optimizer"])
