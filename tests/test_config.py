@@ -52,6 +52,7 @@ def test_single_value_for_a_list_becomes_a_list_of_one():
         ("model.n_embd=130", ["n_embd=130", "n_head=4"]),
         ("model.n_layer", ["model.n_layer", "KEY=VALUE"]),
         ("name.sub=1", ["name.sub", "not a section"]),
+        ("tokenizer.special_tokens=[<a>]", ["special_tokens must include <|endoftext|>"]),
     ],
 )
 def test_every_kind_of_bad_setting_is_one_clear_line(override, words):

@@ -279,3 +279,18 @@ def test_gpt2_initialisation_scales_residual_projections():
         expected = scaled if name.endswith("proj.weight") else 0.02
         assert s == pytest.approx(expected, rel=0.05), name
     assert all(p.abs().sum() == 0 for n, p in model.named_parameters() if n.endswith("bias"))
+
+
+@pytest.mark.parametrize("new_tokens", [3, 40], ids=["with-cache", "past-the-context"])
+def test_batched_greedy_generation_ignores_left_padding(new_tokens):
+    from scratchlm.infer.generate import sample
+
+    model = small(**FAMILIES["llama"])
+    a, b = torch.randint(97, (1, 12)), torch.randint(97, (1, 7))
+    padded = torch.cat([a, torch.cat([torch.zeros(1, 5, dtype=torch.long), b], 1)])
+    mask = torch.ones(2, 12, dtype=torch.bool)
+    mask[1, :5] = False
+    together = sample(model, padded, new_tokens, temperature=0, attention_mask=mask)
+    for row, prompt in enumerate((a, b)):
+        alone = sample(model, prompt, new_tokens, temperature=0)
+        assert torch.equal(together[row, -new_tokens:], alone[0, -new_tokens:])

@@ -76,6 +76,15 @@ def test_forced_stage_with_identical_output_leaves_downstream_alone(done):
     assert ran(run_pipeline(recipe, ws, force=("tokenizer",), progress=False)) == ["tokenizer"]
 
 
+def test_same_output_or_speed_settings_leave_downstream_alone(done):
+    recipe, ws, _ = done
+    # curate's report holds its timing, which changes every run: the digest ignores it.
+    assert ran(run_pipeline(recipe, ws, force=("curate",), progress=False)) == ["curate"]
+    recipe.tokenize.threads = 1  # how fast, not what: not part of the stage key
+    recipe.tokenizer.workers = 1
+    assert ran(run_pipeline(recipe, ws, progress=False)) == []
+
+
 def test_missing_output_file_reruns_the_stage(done):
     recipe, ws, _ = done
     (ws.out("tokenize") / "meta.json").unlink()

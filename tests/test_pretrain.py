@@ -278,3 +278,35 @@ def test_loggers_are_checked_before_training(tokens, tmp_path):
     else:
         trainer(tokens, tmp_path, recipe_for(loggers=["tensorboard"], max_steps=2)).run()
         assert list((tmp_path / "tensorboard").glob("events.*"))
+
+
+def test_a_signal_during_evaluation_still_saves(tokens, tmp_path):
+    t = trainer(tokens, tmp_path, recipe_for(max_steps=12, checkpoint_every=0, eval_every=4))
+    real = t.evaluate
+
+    def evaluate_then_signal():
+        loss = real()
+        if t.step == 4:
+            os.kill(os.getpid(), signal.SIGINT)  # arrives while evaluating, after the step
+        return loss
+
+    t.evaluate = evaluate_then_signal
+    with pytest.raises(TrainingInterrupted, match="SIGINT: saved step 4"):
+        t.run()
+    assert latest_checkpoint(tmp_path).name == "step_000004"
+
+
+def test_resume_uses_the_new_optimizer_settings_and_refusal_writes_nothing(tokens, tmp_path):
+    trainer(tokens, tmp_path, recipe_for(max_steps=4)).run()
+    resumed = trainer(tokens, tmp_path, recipe_for(max_steps=8, lr=1e-4, resume="auto"))
+    assert resumed.step == 4
+    assert all(g["peak_lr"] == 1e-4 for g in resumed.optimizer.param_groups)
+    config = (tmp_path / "config.yaml").read_text()
+    other = tiny_recipe(
+        pretrain={"max_steps": 8, "resume": "auto", "threads": 1}, model={"mlp": "relu2"}
+    )
+    with pytest.raises(StageError, match="other model settings"):
+        trainer(tokens, tmp_path, other)
+    assert (
+        tmp_path / "config.yaml"
+    ).read_text() == config  # the run folder still describes its weights

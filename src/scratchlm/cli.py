@@ -385,6 +385,9 @@ def main(argv: list[str] | None = None) -> int:
     except ScratchlmError as e:
         print(f"scratchlm: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # e.g. `scratchlm run | head`: the reader left; not an error
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt as e:
         if str(e):  # training saved a checkpoint and says how to continue
             print(f"scratchlm: interrupted by {e}", file=sys.stderr)

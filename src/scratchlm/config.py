@@ -77,8 +77,14 @@ class TokenizerSettings:
     )
     pattern: str = setting("gpt4", "BPE pre-tokenizer split: gpt4, gpt2 or a custom regex")
     special_tokens: list[str] = setting(SPECIAL_TOKENS, "special tokens, never merged across")
-    max_chars: int = setting(0, "train on at most this many characters (0 = all)", min=0)
+    max_chars: int = setting(0, "BPE: train on at most this many characters (0 = all)", min=0)
     workers: int = setting(0, "processes that split and count the text (0 = all cores)", min=0)
+
+    def __post_init__(self) -> None:
+        if SPECIAL_TOKENS[0] not in self.special_tokens:
+            raise SettingsError(
+                f"special_tokens must include {SPECIAL_TOKENS[0]} (it separates documents)"
+            )
 
 
 @dataclass

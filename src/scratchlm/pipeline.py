@@ -15,6 +15,7 @@ manifest was written has no manifest, so it runs again.
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
 import time
 from collections.abc import Callable
@@ -45,6 +46,10 @@ UPSTREAM = {
     "pretrain": ("tokenizer", "tokenize"),
     "sample": ("pretrain",),
 }
+# Settings that change only how fast a stage runs, never what it writes: not part of its key.
+SPEED_ONLY = {"tokenizer": {"workers"}, "tokenize": {"threads"}}
+# What a report says about timing changes from run to run; the output digest ignores it.
+VOLATILE_KEYS = {"seconds", "tokens_per_second"}
 FOLDERS = {"curate": "curated", "tokenizer": "tokenizer", "tokenize": "tokens", "sample": "samples"}
 MANIFEST = "manifest.json"
 
@@ -74,8 +79,6 @@ class StageResult:
 
 
 def read_manifest(out: Path) -> dict[str, Any] | None:
-    import json
-
     try:
         return json.loads((out / MANIFEST).read_text())
     except (FileNotFoundError, ValueError):
@@ -86,7 +89,7 @@ def stage_key(stage: str, recipe: Recipe, ws: Workspace) -> str:
     payload: dict[str, Any] = {
         "stage": stage,
         "version": __version__,
-        "settings": {sec: dataclasses.asdict(getattr(recipe, sec)) for sec in SECTIONS[stage]},
+        "settings": {sec: _settings(recipe, sec) for sec in SECTIONS[stage]},
         "upstream": {},
     }
     for up in UPSTREAM[stage]:
@@ -107,10 +110,32 @@ def _command(stage: str) -> str:
     return {"tokenizer": "tokenizer train", "sample": "run"}.get(stage, stage)
 
 
+def _settings(recipe: Recipe, section: str) -> dict[str, Any]:
+    values = dataclasses.asdict(getattr(recipe, section))
+    return {k: v for k, v in values.items() if k not in SPEED_ONLY.get(section, set())}
+
+
+def _content_hash(path: Path) -> str:
+    """A file's hash; for a JSON report, of its content without the timings in it, so that a
+    stage re-run with the same result leaves the stages after it alone."""
+    if path.suffix == ".json":
+        try:
+            data = json.loads(path.read_text())
+        except ValueError:
+            return file_sha256(path)
+        if isinstance(data, dict):
+            return json_sha256({k: v for k, v in data.items() if k not in VOLATILE_KEYS})
+    return file_sha256(path)
+
+
 def _outputs(out: Path) -> dict[str, dict[str, Any]]:
-    files = sorted(p for p in out.rglob("*") if p.is_file() and p.name != MANIFEST)
+    """Every output file with its size and content hash (settings.yaml: already in the key)."""
+    files = sorted(
+        p for p in out.rglob("*") if p.is_file() and p.name not in (MANIFEST, "settings.yaml")
+    )
     return {
-        str(p.relative_to(out)): {"size": p.stat().st_size, "sha256": file_sha256(p)} for p in files
+        str(p.relative_to(out)): {"size": p.stat().st_size, "sha256": _content_hash(p)}
+        for p in files
     }
 
 

@@ -62,11 +62,17 @@ def sample(
     if cached:
         cache = KVCache(model.cfg, B, device=idx.device, dtype=next(model.parameters()).dtype)
         logits, _ = model(idx, cache=cache, attention_mask=attention_mask)
+    mask = attention_mask.bool() if attention_mask is not None else None
+    window = model.cfg.block_size
     for step in range(max_new_tokens):
         if not cached:
-            logits, _ = model(idx[:, -model.cfg.block_size :])
+            logits, _ = model(
+                idx[:, -window:], attention_mask=None if mask is None else mask[:, -window:]
+            )
         nxt = _pick(logits[:, -1], temperature, top_k, generator, vocab_limit)
         idx = torch.cat([idx, nxt.to(idx.device)], dim=1)
+        if mask is not None:
+            mask = torch.cat([mask, mask.new_ones(B, 1)], dim=1)
         if cached and step < max_new_tokens - 1:
             logits, _ = model(nxt, cache=cache)
     return idx

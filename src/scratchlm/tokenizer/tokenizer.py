@@ -196,7 +196,7 @@ class CharTokenizer:
         try:
             return [self.stoi[c] for c in text]
         except KeyError as e:
-            raise ValueError(
+            raise StageError(
                 f"character {e.args[0]!r} is not in this character-level vocabulary"
             ) from None
 

@@ -29,14 +29,14 @@ def train_tokenizer(
 ) -> Tokenizer | CharTokenizer:
     """Train a tokenizer: BPE of `settings.vocab_size` tokens (bytes + merges + specials),
     or a character-level vocabulary of every character seen."""
-    texts = _take_chars(texts, settings.max_chars)
-    if settings.kind == "char":
+    if settings.kind == "char":  # every character of the corpus, or tokenizing it would fail
         chars: set[str] = set()
         for text in texts:
             chars.update(text)
         if not chars:
             raise StageError("tokenizer: the training text is empty")
         return CharTokenizer("".join(chars), settings.special_tokens)
+    texts = _take_chars(texts, settings.max_chars)
     num_merges = settings.vocab_size - 256 - len(settings.special_tokens)
     if num_merges < 0:
         raise StageError(

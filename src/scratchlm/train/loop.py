@@ -71,7 +71,8 @@ def apply_activation_checkpointing(model: GPT) -> None:
 
 
 def prepare_run(recipe: Recipe, tokens_dir: Path, tokenizer_path: Path, run_dir: Path) -> Recipe:
-    """Fill in the vocab size from the tokens, write config.yaml and the tokenizer copy."""
+    """Fill in the vocab size from the tokens; check that a run being resumed has the same
+    model; then write config.yaml and the tokenizer copy (nothing is written if a check fails)."""
     meta = load_meta(tokens_dir)
     cfg = recipe.model
     if cfg.vocab_size == 0:
@@ -81,6 +82,16 @@ def prepare_run(recipe: Recipe, tokens_dir: Path, tokenizer_path: Path, run_dir:
             f"model.vocab_size={cfg.vocab_size} is smaller than the tokenizer's {meta['vocab_size']}"
         )
     recipe = dataclasses.replace(recipe, model=cfg)
+    if recipe.pretrain.resume == "auto" and list((run_dir / "checkpoints").glob("step_*[0-9]")):
+        ckpt = latest_checkpoint(run_dir)
+        if json.loads((ckpt / "meta.json").read_text()).get("model") != dataclasses.asdict(cfg):
+            raise StageError(
+                f"{ckpt} was trained with other model settings; resume needs the same model.*"
+            )
+        if not (ckpt / "state.pt").is_file():
+            raise StageError(
+                f"{ckpt} holds weights only (an imported model?), no training state to resume"
+            )
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "config.yaml", recipe.to_yaml())
     shutil.copyfile(tokenizer_path, run_dir / "tokenizer.json")
@@ -157,16 +168,7 @@ class Trainer:
     # ------------------------------------------------------------------ resume and save
 
     def _resume(self) -> None:
-        ckpt = latest_checkpoint(self.run_dir)
-        meta = json.loads((ckpt / "meta.json").read_text())
-        if meta.get("model") != dataclasses.asdict(self.cfg):
-            raise StageError(
-                f"{ckpt} was trained with other model settings; resume needs the same model.*"
-            )
-        if not (ckpt / "state.pt").is_file():
-            raise StageError(
-                f"{ckpt} holds weights only (an imported model?), no training state to resume"
-            )
+        ckpt = latest_checkpoint(self.run_dir)  # its model and state were checked by prepare_run
         load_weights(self.model, ckpt)
         state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=True)
         self.optimizer.load_state_dict(state["optimizer"])
@@ -194,6 +196,7 @@ class Trainer:
                 self.history["train"].append((r["step"], r["loss"]))
             if "val_loss" in r:
                 self.history["val"].append((r["step"], r["val_loss"]))
+                self.best_val = min(self.best_val, r["val_loss"])  # saved before its own eval
         self._log_line(f"resumed from {ckpt} at step {self.step}")
 
     def save(self, val_loss: float | None = None) -> Path:
@@ -321,10 +324,12 @@ class Trainer:
                     refresh=False,
                 )
                 out_of_time = bool(s.time_limit) and time.time() - start > s.time_limit * 60
-                self._checkpoint_and_evaluate(
+                saved = self._checkpoint_and_evaluate(
                     done=self.step == s.max_steps or bool(self.stop_signal) or out_of_time
                 )
                 if self.stop_signal:
+                    if not saved:  # the signal came during evaluation or sampling
+                        self.save()
                     raise TrainingInterrupted(
                         f"{self.stop_signal}: saved step {self.step}; continue with --resume"
                     )
@@ -346,7 +351,8 @@ class Trainer:
             "checkpoint": str(latest_checkpoint(self.run_dir)),
         }
 
-    def _checkpoint_and_evaluate(self, done: bool) -> None:
+    def _checkpoint_and_evaluate(self, done: bool) -> bool:
+        """Save and evaluate as due at this step; True if a checkpoint was saved."""
         s = self.s
         ckpt = None
         if done or (s.checkpoint_every and self.step % s.checkpoint_every == 0):
@@ -362,6 +368,7 @@ class Trainer:
                 self._annotate(ckpt, val)
         if s.sample_every and self.step % s.sample_every == 0:
             self._sample()
+        return ckpt is not None
 
     def _annotate(self, ckpt: Path, val_loss: float) -> None:
         """Add the validation loss, measured after saving, to the checkpoint's meta."""

@@ -97,8 +97,13 @@ class Optimizers:
         return {str(i): opt.state_dict() for i, opt in enumerate(self.optimizers)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore moments and step counts; hyperparameters (peak lr, betas, decay, momentum)
+        stay as the current settings say, not as the checkpoint had them."""
+        settings = [{k: v for k, v in g.items() if k != "params"} for g in self.param_groups]
         for i, opt in enumerate(self.optimizers):
             opt.load_state_dict(state[str(i)])
+        for group, hyper in zip(self.param_groups, settings, strict=True):
+            group.update(hyper)
 
 
 def _is_hidden_matrix(name: str, p: torch.nn.Parameter) -> bool:
