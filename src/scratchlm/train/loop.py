@@ -286,7 +286,7 @@ class Trainer:
 
     def run(self) -> dict[str, Any]:
         s = self.s
-        start = time.time()
+        start, first_step = time.time(), self.step  # a resumed run counts its own steps
         if self.step == 0:
             self._record_val(self.evaluate())
         bar = tqdm(
@@ -347,7 +347,9 @@ class Trainer:
             "val_split": self.val_split,
             "skipped_batches": self.skipped,
             "seconds": round(seconds, 1),
-            "tokens_per_second": round(self.tokens_per_step * self.step / max(seconds, 1e-9)),
+            "tokens_per_second": round(
+                self.tokens_per_step * (self.step - first_step) / max(seconds, 1e-9)
+            ),
             "checkpoint": str(latest_checkpoint(self.run_dir)),
         }
 
