@@ -21,6 +21,7 @@ def test_whole_chain_learns(tmp_path, write_recipe):
     )
     assert proc.returncode == 0, proc.stderr
     assert "Next:" in proc.stdout and "scratchlm generate" in proc.stdout
+    assert f"--work {work} --set pretrain.max_steps=120 --resume" in proc.stdout
 
     run = work / "runs" / "tiny"
     evals = [

@@ -118,3 +118,14 @@ def test_shards_split_at_shard_docs(tmp_path):
     )
     assert report["shards"] == ["docs_00000.jsonl", "docs_00001.jsonl", "docs_00002.jsonl"]
     assert len(list(iter_curated(tmp_path / "out"))) == report["documents_out"]
+
+
+def test_lone_surrogates_and_a_truncated_gzip_are_counted(tmp_path):
+    good = "\n".join(json.dumps({"text": words(8, f"d{i}_")}) for i in range(50)) + "\n"
+    (tmp_path / "cut.jsonl.gz").write_bytes(gzip.compress(good.encode())[:-30])  # cut short
+    (tmp_path / "bad.jsonl").write_text('{"text": "one two three four \\ud800 five six seven"}\n')
+    report = curate(
+        CurateSettings(sources=[str(tmp_path)], min_words=3), tmp_path / "out", progress=False
+    )
+    assert report["bad_input"] == {"invalid_unicode": 1, "corrupt_file": 1}
+    assert 0 < report["documents_out"] <= 50  # what was read before the cut is kept

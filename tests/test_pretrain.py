@@ -310,3 +310,24 @@ def test_resume_uses_the_new_optimizer_settings_and_refusal_writes_nothing(token
     assert (
         tmp_path / "config.yaml"
     ).read_text() == config  # the run folder still describes its weights
+
+
+def test_shards_from_another_tokenizer_are_refused(tokens, tmp_path):
+    from scratchlm.config import TokenizerSettings
+    from scratchlm.tokenizer.train import train_tokenizer
+
+    other = train_tokenizer(
+        ["a different little corpus, a different vocabulary"],
+        TokenizerSettings(vocab_size=270),
+        progress=False,
+    )
+    other.save(tmp_path / "other.json")
+    with pytest.raises(StageError, match="another tokenizer"):
+        Trainer(
+            recipe_for(),
+            tokens.out("tokenize"),
+            tmp_path / "other.json",
+            tmp_path / "run",
+            progress=False,
+        )
+    assert not (tmp_path / "run").exists()

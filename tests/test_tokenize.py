@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from scratchlm.config import TokenizerSettings, TokenizeSettings
 from scratchlm.tokenizer.shards import tokenize_corpus
@@ -121,3 +122,15 @@ def test_tail_split_holds_out_the_last_tokens(tmp_path):
     }
     assert np.array_equal(np.concatenate([train, val]), stream)
     assert all((tmp_path / "tail" / f).stat().st_size <= 1500 * 2 for f in meta["files"]["train"])
+    assert meta["documents"]["val"] == int((val == tok.eot_id).sum()) >= 1
+    assert meta["documents"]["train"] + meta["documents"]["val"] == len(texts)
+
+
+def test_tail_split_too_small_for_any_token_is_an_error(tmp_path):
+    from scratchlm.errors import StageError
+
+    tok = train_tokenizer(["ab"], TokenizerSettings(kind="char"), progress=False)
+    with pytest.raises(StageError, match="val_fraction"):
+        tokenize_corpus(
+            ["ab"], tok, TokenizeSettings(val_fraction=0.01, split="tail"), tmp_path, progress=False
+        )

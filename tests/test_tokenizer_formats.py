@@ -4,6 +4,7 @@ and what they write, we import and encode exactly as they do."""
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 from pathlib import Path
 
@@ -210,3 +211,25 @@ def test_cli_export_import_and_encode(ours, tmp_path, capsys):
     assert lines[-3] == f"{len(ids)} tokens for 11 bytes"
     assert lines[-2] == " ".join(map(str, ids))
     assert lines[-1].replace("|", "") == "hello world"
+
+
+def test_import_refuses_hf_options_it_would_not_reproduce(ours, exported, tmp_path):
+    doc = json.loads((exported / "tokenizer.json").read_text())
+    for change, message in (
+        ({"normalizer": {"type": "Lowercase"}}, "normalizer"),
+        (
+            {"pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": True, "use_regex": True}},
+            "add_prefix_space",
+        ),
+    ):
+        (tmp_path / "tokenizer.json").write_text(json.dumps(doc | change))
+        with pytest.raises(StageError, match=message):
+            import_tokenizer(tmp_path / "tokenizer.json")
+
+
+def test_cli_train_on_files_needs_an_out_folder(tmp_path, capsys):
+    assert (
+        main(["tokenizer", "train", "--input", str(tmp_path), "--work", str(tmp_path / "w")]) == 2
+    )
+    assert main(["tokenizer", "train", "--out", str(tmp_path), "--work", str(tmp_path / "w")]) == 2
+    assert "--input and --out go together" in capsys.readouterr().err

@@ -19,7 +19,7 @@ from scratchlm.config import (
     load_recipe,
     recipe_from_dict,
 )
-from scratchlm.errors import ScratchlmError, StageError
+from scratchlm.errors import ScratchlmError, SettingsError, StageError
 
 STAGE_COMMANDS = {  # command -> (pipeline stage, one-line description)
     "curate": (
@@ -131,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--out",
         metavar="DIR",
-        help="with --input: where tokenizer.json goes (default: <work>/tokenizer)",
+        help="with --input: the folder where tokenizer.json goes",
     )
     desc = "Show how a tokenizer splits a text into tokens"
     p = tok_sub.add_parser("encode", help=desc, description=desc)
@@ -254,6 +254,10 @@ def cmd_run(args: argparse.Namespace, recipe: Recipe) -> None:
     prompt = _shell_quote(recipe.generate.prompts[0] if recipe.generate.prompts else "Hello")
     rec = f" {args.recipe}" if args.recipe else ""
     work = f" --work {args.work}" if args.work else ""
+    kept = [
+        o for o in args.overrides if not o.startswith(("pretrain.max_steps=", "pretrain.resume="))
+    ]
+    work += "".join(f" --set {shlex.quote(o)}" for o in kept)
     print(
         f"\nDone: {ran} stage(s) ran, {len(results) - ran} skipped, {sum(r.seconds for r in results):.1f} s.\n"
         f"  curated documents  {ws.out('curate')}  (report.json says what was dropped and why)\n"
@@ -262,7 +266,7 @@ def cmd_run(args: argparse.Namespace, recipe: Recipe) -> None:
         f"  model run          {run_dir}  (config.yaml, metrics.jsonl, checkpoints/)\n"
         f"\nNext:\n"
         f"  scratchlm generate {run_dir} --prompt {prompt}\n"
-        f"  scratchlm run{rec}{work} --set pretrain.max_steps={recipe.pretrain.max_steps * 2}   # train longer: re-runs pretrain only\n"
+        f"  scratchlm run{rec}{work} --set pretrain.max_steps={recipe.pretrain.max_steps * 2} --resume   # train longer, from the last checkpoint\n"
         f"  scratchlm run --help                                # every setting"
     )
 
@@ -331,10 +335,9 @@ def cmd_tokenizer(args: argparse.Namespace) -> None:
 
 def cmd_train_tokenizer_on_files(args: argparse.Namespace, recipe: Recipe) -> None:
     from scratchlm.data.sources import iter_documents
-    from scratchlm.pipeline import Workspace
     from scratchlm.tokenizer.train import train_tokenizer_stage
 
-    out = Path(args.out) if args.out else Workspace.for_recipe(recipe, args.work).out("tokenizer")
+    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     texts = (doc.text for doc in iter_documents(args.input, recipe.curate.text_field))
     summary = train_tokenizer_stage(texts, recipe.tokenizer, out, progress=not args.quiet)
@@ -376,7 +379,12 @@ def main(argv: list[str] | None = None) -> int:
         recipe = load_recipe(args.recipe, overrides)  # validates everything before any work
         if args.command == "run":
             cmd_run(args, recipe)
-        elif args.command == "tokenizer" and args.input:
+        elif args.command == "tokenizer" and (args.input or args.out):
+            if not (args.input and args.out):
+                # Writing into <work>/tokenizer would leave the pipeline's shards out of step.
+                raise SettingsError(
+                    "tokenizer train: --input and --out go together (--out: a folder of your choice)"
+                )
             cmd_train_tokenizer_on_files(args, recipe)
         else:
             name = "tokenizer train" if args.command == "tokenizer" else args.command

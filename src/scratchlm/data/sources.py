@@ -12,6 +12,7 @@ import glob
 import gzip
 import importlib.util
 import json
+import zlib
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -136,7 +137,14 @@ def _read_text_file(path: Path, bad: Counter) -> Iterator[Document]:
 
 def _read_jsonl(path: Path, text_field: str, bad: Counter) -> Iterator[Document]:
     opener = gzip.open if path.name.endswith(".gz") else open
-    with opener(path, "rb") as f:
+    try:
+        yield from _jsonl_records(opener(path, "rb"), path, text_field, bad)
+    except (EOFError, OSError, zlib.error):  # a truncated or corrupt .gz: keep what was read
+        bad["corrupt_file"] += 1
+
+
+def _jsonl_records(f: Any, path: Path, text_field: str, bad: Counter) -> Iterator[Document]:
+    with f:
         for lineno, raw in enumerate(f, start=1):
             if not raw.strip():
                 continue
@@ -148,6 +156,11 @@ def _read_jsonl(path: Path, text_field: str, bad: Counter) -> Iterator[Document]
             text = record.get(text_field) if isinstance(record, dict) else None
             if not isinstance(text, str):
                 bad["missing_text_field"] += 1
+                continue
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:  # JSON can carry lone surrogates, which are not text
+                bad["invalid_unicode"] += 1
                 continue
             meta = {"source": str(path), "position": lineno}
             doc_id = str(record.get("id", f"{path.name}#{lineno}"))

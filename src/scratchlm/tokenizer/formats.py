@@ -270,17 +270,36 @@ def import_tokenizer(src: str | os.PathLike, pattern: str | None = None) -> Toke
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise StageError(f"{path}: not JSON: {e}") from None
     if doc.get("format") == "scratchlm-bpe":
+        if doc.get("kind") == "char":
+            raise StageError(f"{path}: a character-level tokenizer is not byte-level BPE")
         return Tokenizer.from_dict(doc)
     model = doc.get("model", {})
     if model.get("type") != "BPE":
         raise StageError(
             f"{path}: model type {model.get('type')!r}; only byte-level BPE can be imported"
         )
+    _check_pipeline(doc, path)
     merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in model["merges"]]
     specials = {t["content"]: t["id"] for t in doc.get("added_tokens", []) if t.get("special")}
     return from_vocab_and_merges(
         model["vocab"], merges, pattern or _pattern_of(doc.get("pre_tokenizer")), specials
     )
+
+
+def _check_pipeline(doc: dict[str, Any], path: Path) -> None:
+    """Refuse the HF options our encoder does not reproduce, rather than encode differently."""
+    if doc.get("normalizer"):
+        raise StageError(
+            f"{path}: has a normalizer ({doc['normalizer'].get('type')}); scratchlm encodes raw text"
+        )
+    pre = doc.get("pre_tokenizer") or {}
+    for part in pre.get("pretokenizers", [pre]):
+        if part.get("type") == "ByteLevel" and part.get("add_prefix_space"):
+            raise StageError(f"{path}: ByteLevel add_prefix_space=true is not supported")
+        if part.get("type") == "Split" and (
+            part.get("behavior") != "Isolated" or part.get("invert")
+        ):
+            raise StageError(f"{path}: only Split(behavior=Isolated, invert=false) is supported")
 
 
 def import_gpt2(

@@ -126,7 +126,17 @@ def tokenize_corpus(
         for w in writers.values():
             w.close()
     if settings.split == "tail" and settings.val_fraction:
-        _move_tail_to_val(out_dir, writers["train"], writers["val"], settings.val_fraction)
+        moved_ends = _move_tail_to_val(
+            out_dir, writers["train"], writers["val"], settings.val_fraction, tok.eot_id
+        )
+        if writers["val"].tokens == 0:
+            raise StageError(
+                f"tokenize: val_fraction={settings.val_fraction} of {writers['train'].tokens} tokens is none"
+            )
+        docs = {
+            "train": docs["train"] - moved_ends,
+            "val": moved_ends,
+        }  # by where each document ends
     if writers["train"].tokens == 0:
         raise StageError("tokenize: no training tokens were produced (is the corpus empty?)")
     seconds = time.time() - start
@@ -146,8 +156,11 @@ def tokenize_corpus(
     return meta
 
 
-def _move_tail_to_val(out_dir: Path, train: ShardWriter, val: ShardWriter, fraction: float) -> None:
-    """Hold out the last `fraction` of the training tokens, as nanoGPT's char baselines do."""
+def _move_tail_to_val(
+    out_dir: Path, train: ShardWriter, val: ShardWriter, fraction: float, eot: int
+) -> int:
+    """Hold out the last `fraction` of the training tokens, as nanoGPT's char baselines do.
+    Returns how many documents now end in validation."""
     remaining = int(train.tokens * fraction)
     tail: list[np.ndarray] = []
     while remaining:
@@ -165,6 +178,7 @@ def _move_tail_to_val(out_dir: Path, train: ShardWriter, val: ShardWriter, fract
     for part in tail:
         val.write(part)
     val.close()
+    return int(sum((part == eot).sum() for part in tail))
 
 
 def load_meta(tokens_dir: Path) -> dict[str, Any]:

@@ -33,6 +33,7 @@ from scratchlm.errors import StageError
 from scratchlm.io import atomic_write_json, atomic_write_text
 from scratchlm.model.gpt import GPT
 from scratchlm.tokenizer.shards import load_meta
+from scratchlm.tokenizer.tokenizer import load_tokenizer
 from scratchlm.train.checkpoint import latest_checkpoint, load_weights, save_checkpoint
 from scratchlm.train.data import TokenData
 from scratchlm.train.mfu import peak_flops
@@ -82,6 +83,10 @@ def prepare_run(recipe: Recipe, tokens_dir: Path, tokenizer_path: Path, run_dir:
             f"model.vocab_size={cfg.vocab_size} is smaller than the tokenizer's {meta['vocab_size']}"
         )
     recipe = dataclasses.replace(recipe, model=cfg)
+    if meta.get("tokenizer") != load_tokenizer(tokenizer_path).fingerprint():
+        raise StageError(
+            f"{tokens_dir} was made with another tokenizer than {tokenizer_path}: run `scratchlm tokenize` again"
+        )
     if recipe.pretrain.resume == "auto" and list((run_dir / "checkpoints").glob("step_*[0-9]")):
         ckpt = latest_checkpoint(run_dir)
         if json.loads((ckpt / "meta.json").read_text()).get("model") != dataclasses.asdict(cfg):
@@ -404,7 +409,6 @@ class Trainer:
 
     def _sample(self) -> None:
         from scratchlm.infer.generate import generate_text
-        from scratchlm.tokenizer.tokenizer import load_tokenizer
 
         tok = load_tokenizer(self.run_dir / "tokenizer.json")
         prompt = self.recipe.generate.prompts[0] if self.recipe.generate.prompts else ""
