@@ -27,16 +27,27 @@ import tiktoken
 from scratchlm.config import SPECIAL_TOKENS
 from scratchlm.errors import StageError
 from scratchlm.io import atomic_write_json, json_sha256
-from scratchlm.tokenizer.bpe import (
-    TIE_RULE,
-    compile_pattern,
-    encode_piece,
-    merges_to_vocab,
-    resolve_pattern,
-)
+from scratchlm.tokenizer.bpe import TIE_RULE, encode_reference, merges_to_vocab, resolve_pattern
 
 FORMAT, VERSION = "scratchlm-bpe", 1
 ENDOFTEXT = SPECIAL_TOKENS[0]
+
+
+def _special_splitter(specials: Mapping[str, int]) -> regex.Pattern | None:
+    """A regex whose split() keeps the special-token strings as pieces of their own."""
+    if not specials:
+        return None
+    return regex.compile("(" + "|".join(regex.escape(t) for t in specials) + ")")
+
+
+def _encode_with_specials(
+    text: str, specials: Mapping[str, int], splitter: regex.Pattern | None, ordinary: Any
+) -> list[int]:
+    """Special-token strings become their ids; the text between them is encoded by `ordinary`."""
+    ids: list[int] = []
+    for piece in splitter.split(text) if splitter else [text]:
+        ids += [specials[piece]] if piece in specials else ordinary(piece)
+    return ids
 
 
 class Tokenizer:
@@ -69,11 +80,7 @@ class Tokenizer:
             mergeable_ranks=self.ranks,
             special_tokens=self.special_tokens,
         )
-        self._special_split = (
-            regex.compile("(" + "|".join(regex.escape(s) for s in self.special_tokens) + ")")
-            if self.special_tokens
-            else None
-        )
+        self._special_split = _special_splitter(self.special_tokens)
 
     @classmethod
     def from_merges(
@@ -104,18 +111,13 @@ class Tokenizer:
 
     def encode_reference(self, text: str, allow_special: bool = False) -> list[int]:
         """The same ids as `encode`, computed in plain Python (slow; for tests and reading)."""
-        pieces = (
-            self._special_split.split(text) if allow_special and self._special_split else [text]
-        )
-        split = compile_pattern(self.pattern)
-        ids: list[int] = []
-        for piece in pieces:
-            if piece in self.special_tokens and allow_special:
-                ids.append(self.special_tokens[piece])
-                continue
-            for word in split.findall(piece):
-                ids.extend(encode_piece(word.encode("utf-8"), self.ranks))
-        return ids
+
+        def ordinary(piece: str) -> list[int]:
+            return encode_reference(piece, self.ranks, self.pattern)
+
+        if allow_special:
+            return _encode_with_specials(text, self.special_tokens, self._special_split, ordinary)
+        return ordinary(text)
 
     def decode(self, ids: Iterable[int]) -> str:
         """Text of `ids`; a token sequence that ends mid-character decodes to U+FFFD there."""
@@ -171,6 +173,7 @@ class CharTokenizer:
         self.itos = {i: c for c, i in self.stoi.items()} | {
             i: s for s, i in self.special_tokens.items()
         }
+        self._special_split = _special_splitter(self.special_tokens)
 
     @property
     def vocab_size(self) -> int:
@@ -181,18 +184,10 @@ class CharTokenizer:
         return self.special_tokens[ENDOFTEXT]
 
     def encode(self, text: str, allow_special: bool = False) -> list[int]:
-        if allow_special and self.special_tokens:
-            split = regex.compile(
-                "(" + "|".join(regex.escape(s) for s in self.special_tokens) + ")"
+        if allow_special:
+            return _encode_with_specials(
+                text, self.special_tokens, self._special_split, self.encode
             )
-            ids: list[int] = []
-            for piece in split.split(text):
-                ids += (
-                    [self.special_tokens[piece]]
-                    if piece in self.special_tokens
-                    else self.encode(piece)
-                )
-            return ids
         try:
             return [self.stoi[c] for c in text]
         except KeyError as e:
