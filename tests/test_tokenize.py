@@ -14,6 +14,12 @@ def corpus() -> list[str]:
     return list(topics.values())[:30]
 
 
+@pytest.fixture(scope="module")
+def tok():
+    """One small BPE tokenizer of the corpus, shared by the tests that only need some tokenizer."""
+    return train_tokenizer(corpus(), TokenizerSettings(vocab_size=300), progress=False)
+
+
 def read_split(out, meta, split) -> np.ndarray:
     parts = [np.fromfile(out / f, dtype=meta["dtype"]) for f in meta["files"][split]]
     return np.concatenate(parts) if parts else np.zeros(0, dtype=meta["dtype"])
@@ -40,9 +46,8 @@ def test_shards_hold_every_document_followed_by_endoftext(tmp_path):
     assert len(train) + len(val) == sum(len(tok.encode(t)) + 1 for t in texts)
 
 
-def test_split_is_fixed_by_seed(tmp_path):
+def test_split_is_fixed_by_seed(tmp_path, tok):
     texts = corpus()
-    tok = train_tokenizer(texts, TokenizerSettings(vocab_size=300), progress=False)
     runs = []
     for i, seed in enumerate((7, 7, 8)):
         out = tmp_path / str(i)
@@ -59,9 +64,8 @@ def test_split_is_fixed_by_seed(tmp_path):
     assert runs[0] != runs[2]
 
 
-def test_small_shards_concatenate_to_the_whole(tmp_path):
+def test_small_shards_concatenate_to_the_whole(tmp_path, tok):
     texts = corpus()
-    tok = train_tokenizer(texts, TokenizerSettings(vocab_size=300), progress=False)
     (tmp_path / "one").mkdir()
     (tmp_path / "many").mkdir()
     one = tokenize_corpus(
@@ -81,9 +85,8 @@ def test_small_shards_concatenate_to_the_whole(tmp_path):
     )
 
 
-def test_tiny_corpus_still_gets_a_validation_document(tmp_path):
+def test_tiny_corpus_still_gets_a_validation_document(tmp_path, tok):
     texts = corpus()[:3]
-    tok = train_tokenizer(texts, TokenizerSettings(vocab_size=300), progress=False)
     meta = tokenize_corpus(
         texts, tok, TokenizeSettings(val_fraction=0.01), tmp_path, progress=False
     )
@@ -96,9 +99,8 @@ def test_dtype_follows_vocab_size():
     assert token_dtype(65536) == np.uint16 and token_dtype(65537) == np.uint32
 
 
-def test_tail_split_holds_out_the_last_tokens(tmp_path):
+def test_tail_split_holds_out_the_last_tokens(tmp_path, tok):
     texts = corpus()
-    tok = train_tokenizer(texts, TokenizerSettings(vocab_size=300), progress=False)
     (tmp_path / "all").mkdir()
     (tmp_path / "tail").mkdir()
     whole = tokenize_corpus(

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from scratchlm.config import Recipe
+from scratchlm.config import PretrainSettings, Recipe
 from scratchlm.errors import StageError
 from scratchlm.io import atomic_write_json, atomic_write_text
 from scratchlm.model.gpt import GPT
@@ -103,7 +103,7 @@ def prepare_run(recipe: Recipe, tokens_dir: Path, tokenizer_path: Path, run_dir:
     return recipe
 
 
-def grad_accum_steps(s: Any, block_size: int, world: int = 1) -> int:
+def grad_accum_steps(s: PretrainSettings, block_size: int, world: int = 1) -> int:
     if not s.tokens_per_step:
         return s.grad_accum
     per_micro = s.batch_size * block_size * world
@@ -161,6 +161,7 @@ class Trainer:
         if s.compile:
             self.forward = torch.compile(self.model)
         self.peak = peak_flops(self.device, s.peak_flops)
+        self.flops_per_token = self.model.flops_per_token()  # fixed for the run: not per step
         self.step, self.best_val, self.skipped = 0, math.inf, 0
         self.history: dict[str, list[tuple[int, float]]] = {"train": [], "val": []}
         if s.resume == "auto" and list((run_dir / "checkpoints").glob("step_*[0-9]")):
@@ -169,6 +170,8 @@ class Trainer:
             (run_dir / "metrics.jsonl").write_text("")
         self.stop_signal: str | None = None
         self.external: Any = None  # the TensorBoard / W&B writer while running
+        self._metrics: Any = None  # metrics.jsonl, open while running
+        self._tokenizer: Any = None  # loaded on the first text sample
 
     # ------------------------------------------------------------------ resume and save
 
@@ -290,10 +293,31 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
 
     def run(self) -> dict[str, Any]:
-        s = self.s
         start, first_step = time.time(), self.step  # a resumed run counts its own steps
-        if self.step == 0:
-            self._record_val(self.evaluate())
+        with open(self.run_dir / "metrics.jsonl", "a") as self._metrics:
+            if self.step == 0:
+                self._record_val(self.evaluate())
+            self._train(start)
+        history = self.history["val"]
+        seconds = time.time() - start
+        return {
+            "steps": self.step,
+            "parameters": self.model.num_params(),
+            "tokens_seen": self.tokens_per_step * self.step,
+            "initial_val_loss": round(history[0][1], 4),
+            "final_val_loss": round(history[-1][1], 4),
+            "best_val_loss": round(self.best_val, 4),
+            "val_split": self.val_split,
+            "skipped_batches": self.skipped,
+            "seconds": round(seconds, 1),
+            "tokens_per_second": round(
+                self.tokens_per_step * (self.step - first_step) / max(seconds, 1e-9)
+            ),
+            "checkpoint": str(latest_checkpoint(self.run_dir)),
+        }
+
+    def _train(self, start: float) -> None:
+        s = self.s
         bar = tqdm(
             total=s.max_steps,
             initial=self.step,
@@ -308,7 +332,7 @@ class Trainer:
                 loss, norm = self.train_step()
                 self.step += 1
                 tok_s = self.tokens_per_step / max(time.time() - t0, 1e-9)
-                mfu = self.model.flops_per_token() * tok_s / self.peak
+                mfu = self.flops_per_token * tok_s / self.peak
                 lr = self.optimizer.param_groups[-1]["lr"]
                 self._record(
                     {
@@ -340,23 +364,6 @@ class Trainer:
                     )
                 if out_of_time:
                     break
-        history = self.history["val"]
-        seconds = time.time() - start
-        return {
-            "steps": self.step,
-            "parameters": self.model.num_params(),
-            "tokens_seen": self.tokens_per_step * self.step,
-            "initial_val_loss": round(history[0][1], 4),
-            "final_val_loss": round(history[-1][1], 4),
-            "best_val_loss": round(self.best_val, 4),
-            "val_split": self.val_split,
-            "skipped_batches": self.skipped,
-            "seconds": round(seconds, 1),
-            "tokens_per_second": round(
-                self.tokens_per_step * (self.step - first_step) / max(seconds, 1e-9)
-            ),
-            "checkpoint": str(latest_checkpoint(self.run_dir)),
-        }
 
     def _checkpoint_and_evaluate(self, done: bool) -> bool:
         """Save and evaluate as due at this step; True if a checkpoint was saved."""
@@ -386,8 +393,8 @@ class Trainer:
     # ------------------------------------------------------------------ logging
 
     def _record(self, record: dict[str, Any]) -> None:
-        with open(self.run_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
+        self._metrics.write(json.dumps(record) + "\n")
+        self._metrics.flush()  # a crash loses at most the line being written
         if "loss" in record:
             self.history["train"].append((record["step"], record["loss"]))
         if "val_loss" in record:
@@ -410,7 +417,9 @@ class Trainer:
     def _sample(self) -> None:
         from scratchlm.infer.generate import generate_text
 
-        tok = load_tokenizer(self.run_dir / "tokenizer.json")
+        if self._tokenizer is None:
+            self._tokenizer = load_tokenizer(self.run_dir / "tokenizer.json")
+        tok = self._tokenizer
         prompt = self.recipe.generate.prompts[0] if self.recipe.generate.prompts else ""
         self.model.eval()
         text = generate_text(
