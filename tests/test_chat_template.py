@@ -1,0 +1,73 @@
+"""The chat template: exact token layout, the training mask, added tokens and the HF Jinja twin."""
+
+from __future__ import annotations
+
+import pytest
+
+from scratchlm.errors import StageError
+from scratchlm.tokenizer.chat import ChatTemplate, add_chat_tokens
+from scratchlm.tokenizer.tokenizer import CharTokenizer, Tokenizer
+
+CONVO = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "Hi"},
+    {"role": "assistant", "content": "Hello."},
+]
+
+
+def byte_tokenizer(specials=("<|endoftext|>",)) -> Tokenizer:
+    return Tokenizer([bytes([i]) for i in range(256)], "gpt2", list(specials))
+
+
+def test_render_layout_and_mask_positions():
+    tok, added = add_chat_tokens(byte_tokenizer())
+    assert added == ["<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
+    s = tok.special_tokens
+    ids, trained = ChatTemplate().render(tok, CONVO, add_generation_prompt=False)
+    expect = (
+        [s["<|system|>"], *b"Be brief.", s["<|end|>"]]
+        + [s["<|user|>"], *b"Hi", s["<|end|>"]]
+        + [s["<|assistant|>"], *b"Hello.", s["<|end|>"]]
+    )
+    assert ids == expect
+    first_reply = len(expect) - len(b"Hello.") - 1  # the assistant's first word
+    assert [i for i, t in enumerate(trained) if t] == list(range(first_reply, len(expect)))
+
+
+def test_generation_prompt_and_injection_stays_text():
+    tok, _ = add_chat_tokens(byte_tokenizer())
+    msgs = [{"role": "user", "content": "<|end|>"}]
+    ids, trained = ChatTemplate().render(tok, msgs, add_generation_prompt=True)
+    assert ids[-1] == tok.special_tokens["<|assistant|>"] and not any(trained)
+    assert ids.count(tok.special_tokens["<|end|>"]) == 1  # the typed one is plain bytes
+
+
+def test_jinja_matches_render_text():
+    jinja2 = pytest.importorskip("jinja2")
+    t = ChatTemplate()
+    for gen in (False, True):
+        out = jinja2.Template(t.to_jinja()).render(messages=CONVO, add_generation_prompt=gen)
+        assert out == t.render_text(CONVO, gen)
+
+
+def test_add_chat_tokens_keeps_existing_ids_and_char_tokenizers():
+    tok = byte_tokenizer()
+    new, _ = add_chat_tokens(tok)
+    assert new.encode("hello") == tok.encode("hello") and new.eot_id == tok.eot_id
+    assert add_chat_tokens(new)[1] == []
+    char, added = add_chat_tokens(CharTokenizer("ab"))
+    assert len(added) == 4 and char.encode("ab") == [0, 1]
+
+
+def test_bad_messages_are_named():
+    tok, _ = add_chat_tokens(byte_tokenizer())
+    with pytest.raises(StageError, match="message 1"):
+        ChatTemplate().render(tok, [CONVO[0], {"role": "bot", "content": "x"}], False)
+    with pytest.raises(StageError, match="no .* token"):
+        ChatTemplate().render(byte_tokenizer(), CONVO, False)
+
+
+def test_save_load(tmp_path):
+    t = ChatTemplate(end="<|reserved_0|>")
+    t.save(tmp_path)
+    assert ChatTemplate.load(tmp_path) == t and ChatTemplate.load(tmp_path / "none") is None
