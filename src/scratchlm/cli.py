@@ -197,7 +197,40 @@ def build_parser() -> argparse.ArgumentParser:
         help="prompt text (repeatable; default: the run's generate.prompts)",
     )
     _add_set(p, "generate.temperature=0.5")
+    _add_finetune_parsers(sub)
     return parser
+
+
+def _add_finetune_parsers(sub: Any) -> None:
+    fmt = argparse.RawDescriptionHelpFormatter
+    desc = (
+        "Fine-tune a pretrained run (or an HF folder): sft on conversations, classify with a "
+        "head, or dpo on preference pairs -> <base>-<task> beside the base run"
+    )
+    p = sub.add_parser(
+        "finetune",
+        help="Fine-tune a run: sft, classify or dpo",
+        description=desc,
+        epilog=_settings_help(("finetune",)),
+        formatter_class=fmt,
+    )
+    p.add_argument("task", choices=["sft", "classify", "dpo"])
+    p.add_argument("base", help="a run folder (e.g. work/demo/runs/demo) or an HF model folder")
+    p.add_argument(
+        "--data", help="training data: .jsonl, .json, .csv or builtin:shakespeare-dialogue, ..."
+    )
+    p.add_argument("--out", metavar="DIR", help="the run folder to write (default: <base>-<task>)")
+    p.add_argument("--lora", type=int, metavar="RANK", help="train LoRA adapters of this rank")
+    p.add_argument("--merge", action="store_true", help="LoRA: save merged full weights")
+    _add_set(p, "finetune.lr=3e-4")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+    desc = "Label texts with a classification run (from `scratchlm finetune classify`)"
+    p = sub.add_parser("classify", help=desc, description=desc)
+    p.add_argument("run", help="a classification run folder")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--text", action="append", help="a text to label (repeatable)")
+    what.add_argument("--input", metavar="FILE", help="a file with one text per line")
 
 
 # --------------------------------------------------------------------------- commands
@@ -213,6 +246,10 @@ def _describe(result: Any) -> str:
         return f"{s['tokens']['train']:,} train / {s['tokens']['val']:,} val tokens"
     if result.stage == "pretrain":
         return f"{s['parameters']:,} params, val loss {s['initial_val_loss']:.3f} -> {s['final_val_loss']:.3f}, {s['tokens_per_second']:,} tok/s"
+    if result.stage == "finetune":
+        if s["task"] == "sft":
+            return f"sft on {s['examples']['train']:,} conversations, val loss {s['initial_val_loss']:.3f} -> {s['final_val_loss']:.3f}"
+        return f"{s['task']}, {s['steps']} steps"
     return f"{len(s.get('samples', []))} samples"
 
 
@@ -249,6 +286,11 @@ def cmd_run(args: argparse.Namespace, recipe: Recipe) -> None:
         recipe, ws, tuple(args.force), progress=not args.quiet, on_result=_print_result
     )
     _print_samples(results[-1].summary.get("samples", []))
+    tuned = next((r for r in results if r.stage == "finetune"), None)
+    for a in tuned.summary.get("answers", []) if tuned else []:
+        print(f"\n--- fine-tuning ({tuned.summary['task']}), asked: {a['prompt']!r}")
+        print(f"pretrained model answers:\n  {a['before']}")
+        print(f"fine-tuned model answers:\n  {a['after']}")
     run_dir = ws.out("pretrain")
     ran = sum(r.ran for r in results)
     prompt = _shell_quote(recipe.generate.prompts[0] if recipe.generate.prompts else "Hello")
@@ -264,7 +306,8 @@ def cmd_run(args: argparse.Namespace, recipe: Recipe) -> None:
         f"  tokenizer          {ws.out('tokenizer')}/tokenizer.json\n"
         f"  token shards       {ws.out('tokenize')}\n"
         f"  model run          {run_dir}  (config.yaml, metrics.jsonl, checkpoints/)\n"
-        f"\nNext:\n"
+        + (f"  fine-tuned run     {tuned.out}\n" if tuned else "")
+        + f"\nNext:\n"
         f"  scratchlm generate {run_dir} --prompt {prompt}\n"
         f"  scratchlm run{rec}{work} --set pretrain.max_steps={recipe.pretrain.max_steps * 2} --resume   # train longer, from the last checkpoint\n"
         f"  scratchlm run --help                                # every setting"
@@ -300,6 +343,71 @@ def cmd_generate(args: argparse.Namespace) -> None:
         print(generate_text(model, tok, prompt, settings))
         if len(prompts) > 1:
             print("---")
+
+
+def cmd_finetune(args: argparse.Namespace) -> None:
+    from scratchlm.config import apply_overrides
+    from scratchlm.finetune.stage import finetune
+
+    values: dict[str, Any] = {"task": args.task}
+    if args.data:
+        values["data"] = args.data
+    if args.lora:
+        values["lora_rank"] = args.lora
+    if args.merge:
+        values["merge"] = True
+    s = recipe_from_dict(apply_overrides({"finetune": values}, args.overrides)).finetune
+    if s.task != args.task:
+        raise SettingsError(f"finetune.task={s.task} disagrees with the command's task {args.task}")
+    base = Path(args.base)
+    out = Path(args.out) if args.out else base.parent / (s.name or f"{base.name}-{s.task}")
+    summary = finetune(s, base, out, progress=not args.quiet)
+    _print_finetune(summary, out)
+
+
+def _print_finetune(summary: dict[str, Any], out: Path) -> None:
+    task = summary["task"]
+    print(f"{out}: {task}, {summary['steps']} steps")
+    for src, info in summary.get("skipped_records", {}).items():
+        print(f"  skipped {info['count']} record(s) of {src}, e.g. {info['examples'][0]}")
+    cut = summary.get("truncated")
+    if cut:
+        print(f"  cut to the context: {cut}")
+    if summary.get("added_tokens"):
+        print(f"  added tokens: {' '.join(summary['added_tokens'])}")
+    if task == "sft":
+        print(f"  val loss {summary['initial_val_loss']} -> {summary['final_val_loss']}")
+    elif task == "dpo":
+        i, f = summary["initial"], summary["final"]
+        print(
+            f"  reward accuracy {i.get('reward_accuracy')} -> {f.get('reward_accuracy')}, margin {i.get('reward_margin')} -> {f.get('reward_margin')}"
+        )
+    else:
+        for split in ("val", "test"):
+            r = summary[split]
+            if r.get("items"):
+                print(
+                    f"  {split}: accuracy {r['accuracy']:.3f}, macro-F1 {r['macro_f1']:.3f} on {r['items']} items"
+                )
+        print(f"  report: {out / 'report.json'}, confusion_val.png, confusion_test.png")
+    for a in summary.get("answers", []):
+        print(f"\n--- {a['prompt']!r}\n  before: {a['before']!r}\n  after:  {a['after']!r}")
+
+
+def cmd_classify(args: argparse.Namespace) -> None:
+    import json
+
+    from scratchlm.finetune.classify import classify_texts
+
+    if args.input:
+        path = Path(args.input)
+        if not path.is_file():
+            raise StageError(f"--input {path}: no such file")
+        texts = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    else:
+        texts = args.text
+    for result in classify_texts(args.run, texts):
+        print(json.dumps(result, ensure_ascii=False))
 
 
 def _tokenizer_path(path: str) -> Path:
@@ -349,6 +457,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "generate":
             cmd_generate(args)
+            return 0
+        if args.command == "finetune":
+            cmd_finetune(args)
+            return 0
+        if args.command == "classify":
+            cmd_classify(args)
             return 0
         if args.command == "plan":
             from scratchlm.train.plan import describe, plan

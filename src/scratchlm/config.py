@@ -245,6 +245,53 @@ class PretrainSettings:
 
 
 @dataclass
+class FinetuneSettings:
+    task: Literal["sft", "classify", "dpo"] = setting(
+        "sft", "instruction tuning, a classification head, or preference tuning"
+    )
+    data: str = setting(
+        "", "training data: .jsonl, .json, .csv or a builtin: set ('' = no fine-tuning stage)"
+    )
+    val_data: str = setting("", "validation file ('' = hold out val_fraction of data)")
+    test_data: str = setting("", "classify: test file ('' = hold out test_fraction of data)")
+    val_fraction: float = setting(0.1, "share of data held out for validation", min=0.0, max=0.5)
+    test_fraction: float = setting(0.1, "classify: share held out for testing", min=0.0, max=0.5)
+    name: str = setting("", "run name: <work>/runs/<name> ('' = <pretrain run>-<task>)")
+    text_field: str = setting("text", "classify: the field (or CSV column) with the text")
+    label_field: str = setting("label", "classify: the field (or CSV column) with the label")
+    max_steps: int = setting(0, "optimizer steps (0 = `epochs` passes over the data)", min=0)
+    epochs: float = setting(1.0, "passes over the training data when max_steps is 0", min=0.0)
+    batch_size: int = setting(8, "sequences (or pairs) per step", min=1)
+    lr: float = setting(1e-4, "peak AdamW learning rate (LoRA likes ~10x more)", min=0.0)
+    warmup_steps: int = setting(10, "linear warmup steps, then cosine decay to 10%", min=0)
+    weight_decay: float = setting(0.0, "AdamW weight decay on matrices", min=0.0)
+    grad_clip: float = setting(1.0, "clip gradient norm to this (0 = off)", min=0.0)
+    lora_rank: int = setting(0, "LoRA rank (0 = full fine-tuning)", min=0)
+    lora_alpha: float = setting(16.0, "LoRA scale numerator: updates are alpha/rank B A", min=0.0)
+    lora_targets: list[str] = setting(
+        ["attn.qkv", "attn.proj"], "LoRA: linear layers whose names end with these"
+    )
+    merge: bool = setting(False, "LoRA: save merged full weights instead of adapters")
+    packing: bool = setting(True, "sft: pack several examples per row (else pad each one)")
+    train_layers: Literal["head", "last_blocks", "all"] = setting(
+        "all", "classify without LoRA: the head only, the head + last_blocks, or everything"
+    )
+    last_blocks: int = setting(1, "classify: blocks trained with train_layers=last_blocks", min=1)
+    class_weights: Literal["none", "balanced"] = setting(
+        "none", "classify: weight the loss by inverse class frequency"
+    )
+    beta: float = setting(0.1, "dpo: strength of the pull towards the reference model", min=0.0)
+    eval_every: int = setting(50, "steps between validation evaluations", min=1)
+    sample_prompts: list[str] = setting(
+        [], "sft/dpo: prompts answered at each evaluation ('' = the first 2 validation ones)"
+    )
+    max_new_tokens: int = setting(60, "sft/dpo: longest sample answer", min=1)
+    seed: int = setting(1337, "seed for the split, data order, head initialisation")
+    device: Literal["auto", "cpu", "cuda", "mps"] = setting("auto", "where to train")
+    threads: int = setting(0, "torch CPU threads (0 = all cores)", min=0)
+
+
+@dataclass
 class GenerateSettings:
     prompts: list[str] = setting(["\n"], "prompts sampled after pretraining")
     max_new_tokens: int = setting(100, "tokens to sample per prompt", min=1)
@@ -261,6 +308,7 @@ class Recipe:
     tokenize: TokenizeSettings = field(default_factory=TokenizeSettings)
     model: ModelConfig = field(default_factory=ModelConfig)
     pretrain: PretrainSettings = field(default_factory=PretrainSettings)
+    finetune: FinetuneSettings = field(default_factory=FinetuneSettings)
     generate: GenerateSettings = field(default_factory=GenerateSettings)
 
     def to_dict(self) -> dict[str, Any]:

@@ -4,6 +4,7 @@
     <work>/tokenizer/  tokenizer   documents -> tokenizer.json
     <work>/tokens/     tokenize    documents + tokenizer -> token shards
     <work>/runs/NAME/  pretrain    token shards -> checkpoints
+    <work>/runs/NAME-TASK/  finetune   pretrained run -> tuned run (only if finetune.data is set)
     <work>/samples/    sample      checkpoint -> text before and after training
 
 Each stage ends by writing `manifest.json` (atomically, last) with a key: the hash of its
@@ -31,12 +32,13 @@ from scratchlm.config import Recipe
 from scratchlm.errors import StageError
 from scratchlm.io import atomic_dir, atomic_write_json, file_sha256, json_sha256
 
-STAGES = ("curate", "tokenizer", "tokenize", "pretrain", "sample")
+STAGES = ("curate", "tokenizer", "tokenize", "pretrain", "finetune", "sample")
 SECTIONS = {  # which recipe sections decide each stage's output
     "curate": ("curate",),
     "tokenizer": ("tokenizer",),
     "tokenize": ("tokenize",),
     "pretrain": ("model", "pretrain"),
+    "finetune": ("finetune",),
     "sample": ("generate",),
 }
 UPSTREAM = {
@@ -44,10 +46,11 @@ UPSTREAM = {
     "tokenizer": ("curate",),
     "tokenize": ("curate", "tokenizer"),
     "pretrain": ("tokenizer", "tokenize"),
+    "finetune": ("pretrain",),
     "sample": ("pretrain",),
 }
 # Settings that change only how fast a stage runs, never what it writes: not part of its key.
-SPEED_ONLY = {"tokenizer": {"workers"}, "tokenize": {"threads"}}
+SPEED_ONLY = {"tokenizer": {"workers"}, "tokenize": {"threads"}, "finetune": {"threads"}}
 # What a report says about timing changes from run to run; the output digest ignores it.
 VOLATILE_KEYS = {"seconds", "tokens_per_second"}
 FOLDERS = {"curate": "curated", "tokenizer": "tokenizer", "tokenize": "tokens", "sample": "samples"}
@@ -58,15 +61,28 @@ MANIFEST = "manifest.json"
 class Workspace:
     root: Path
     run_name: str
+    finetune_name: str = ""
 
     def out(self, stage: str) -> Path:
         if stage == "pretrain":
             return self.root / "runs" / self.run_name
+        if stage == "finetune":
+            return self.root / "runs" / (self.finetune_name or f"{self.run_name}-finetune")
         return self.root / FOLDERS[stage]
 
     @classmethod
     def for_recipe(cls, recipe: Recipe, root: str | Path | None = None) -> Workspace:
-        return cls(Path(root) if root else Path("work") / recipe.name, recipe.pretrain.name)
+        ft = recipe.finetune
+        return cls(
+            Path(root) if root else Path("work") / recipe.name,
+            recipe.pretrain.name,
+            ft.name or f"{recipe.pretrain.name}-{ft.task}",
+        )
+
+
+def enabled(stage: str, recipe: Recipe) -> bool:
+    """Fine-tuning is the one optional stage: it runs when the recipe names its data."""
+    return stage != "finetune" or bool(recipe.finetune.data)
 
 
 @dataclass
@@ -196,6 +212,12 @@ def _run_pretrain(recipe: Recipe, ws: Workspace, out: Path, progress: bool) -> d
     )
 
 
+def _run_finetune(recipe: Recipe, ws: Workspace, out: Path, progress: bool) -> dict[str, Any]:
+    from scratchlm.finetune.stage import finetune
+
+    return finetune(recipe.finetune, ws.out("pretrain"), out, progress)
+
+
 def _run_sample(recipe: Recipe, ws: Workspace, out: Path, progress: bool) -> dict[str, Any]:
     from scratchlm.infer.generate import before_after_samples
 
@@ -209,6 +231,7 @@ RUNNERS: dict[str, Callable[[Recipe, Workspace, Path, bool], dict[str, Any]]] = 
     "tokenizer": _run_tokenizer,
     "tokenize": _run_tokenize,
     "pretrain": _run_pretrain,
+    "finetune": _run_finetune,
     "sample": _run_sample,
 }
 
@@ -232,6 +255,9 @@ def run_stage(
         if recipe.pretrain.resume != "auto":
             shutil.rmtree(out, ignore_errors=True)
         out.mkdir(parents=True, exist_ok=True)
+        summary = RUNNERS[stage](recipe, ws, out, progress)
+        (out / "settings.yaml").write_text(settings_yaml)
+    elif stage == "finetune":  # builds its run folder atomically itself
         summary = RUNNERS[stage](recipe, ws, out, progress)
         (out / "settings.yaml").write_text(settings_yaml)
     else:
@@ -271,7 +297,7 @@ def run_pipeline(
             f"--force {', '.join(sorted(unknown))}: not a stage; stages are {', '.join(STAGES)}"
         )
     results = []
-    for stage in STAGES:
+    for stage in (s for s in STAGES if enabled(s, recipe)):
         result = run_stage(stage, recipe, ws, force=stage in force, progress=progress)
         if on_result:
             on_result(result)

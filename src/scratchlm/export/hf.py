@@ -155,26 +155,53 @@ def _hf_config(cfg: ModelConfig, family: str, eot: int | None) -> dict[str, Any]
     }
 
 
-def export_hf(model: torch.nn.Module, tokenizer: Any, out_dir: str | os.PathLike) -> list[Path]:
-    """Write `model` (our GPT) and its tokenizer as a folder that `from_pretrained` loads."""
+def export_hf(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    out_dir: str | os.PathLike,
+    chat_template: str | None = None,
+    labels: list[str] | None = None,
+) -> list[Path]:
+    """Write `model` (our GPT, or a GPTClassifier with its class `labels`) and its tokenizer
+    as a folder that `from_pretrained` loads; a chat model's Jinja template goes with the
+    tokenizer, so `apply_chat_template` formats conversations as we trained them."""
     from scratchlm.tokenizer.formats import export_tokenizer
     from scratchlm.tokenizer.tokenizer import Tokenizer
 
-    cfg: ModelConfig = model.cfg
+    lm = model.backbone if labels is not None else model
+    cfg: ModelConfig = lm.cfg
     family = hf_family(cfg)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    sd = {k: v.detach().cpu().float() for k, v in model.state_dict().items()}
+    sd = {k: v.detach().cpu().float() for k, v in lm.state_dict().items()}
     hf_sd = _gpt2_state(sd, cfg) if family == "gpt2" else _llama_state(sd, cfg)
+    eot = getattr(tokenizer, "eot_id", None)
+    config = _hf_config(cfg, family, eot)
+    if labels is not None:
+        # *ForSequenceClassification: the same trunk, and a bias-free `score` layer for a head.
+        hf_sd.pop("lm_head.weight", None)
+        hf_sd["score.weight"] = model.head.weight.detach().cpu().float()
+        kind = (
+            "GPT2ForSequenceClassification"
+            if family == "gpt2"
+            else "LlamaForSequenceClassification"
+        )
+        config |= {
+            "architectures": [kind],
+            "id2label": dict(enumerate(labels)),
+            "label2id": {name: i for i, name in enumerate(labels)},
+            "pad_token_id": eot,  # HF finds each row's last real token through the pad id
+        }
     tmp = out / ".model.safetensors.tmp"
     save_file({k: v.contiguous() for k, v in hf_sd.items()}, str(tmp), metadata={"format": "pt"})
     os.replace(tmp, out / "model.safetensors")
-    eot = getattr(tokenizer, "eot_id", None)
-    atomic_write_json(out / "config.json", _hf_config(cfg, family, eot))
+    atomic_write_json(out / "config.json", config)
     atomic_write_json(out / "generation_config.json", {"bos_token_id": eot, "eos_token_id": eot})
     files = [out / "config.json", out / "model.safetensors", out / "generation_config.json"]
     if isinstance(tokenizer, Tokenizer):
-        files += export_tokenizer(tokenizer, out, model_max_length=cfg.block_size)
+        files += export_tokenizer(
+            tokenizer, out, model_max_length=cfg.block_size, chat_template=chat_template
+        )
     return files
 
 
@@ -283,10 +310,18 @@ def import_hf(folder: str | os.PathLike) -> tuple[ModelConfig, dict[str, torch.T
 
 def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike) -> list[Path]:
     """`scratchlm export hf RUN OUT`: a run's latest checkpoint as an HF transformers folder."""
+    from scratchlm.tokenizer.chat import ChatTemplate
     from scratchlm.train.checkpoint import load_run
 
-    model, tokenizer = load_run(Path(run_dir))
-    return export_hf(model, tokenizer, out_dir)
+    run_dir = Path(run_dir)
+    if (run_dir / "labels.json").is_file():
+        from scratchlm.finetune.classify import load_classifier
+
+        classifier, tokenizer, labels = load_classifier(run_dir)
+        return export_hf(classifier, tokenizer, out_dir, labels=labels)
+    model, tokenizer = load_run(run_dir)
+    template = ChatTemplate.load(run_dir)
+    return export_hf(model, tokenizer, out_dir, template.to_jinja() if template else None)
 
 
 def import_run(hf_dir: str | os.PathLike, run_dir: str | os.PathLike) -> Path:

@@ -22,6 +22,18 @@ from scratchlm.model.cache import KVCache
 from scratchlm.model.layers import MLP, make_norm, rope_tables
 
 
+def _packed_positions_and_mask(doc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positions restarting at each new document, and a causal mask within documents only."""
+    T = doc.size(1)
+    steps = torch.arange(T, device=doc.device).expand_as(doc)
+    starts = torch.ones_like(doc, dtype=torch.bool)
+    starts[:, 1:] = doc[:, 1:] != doc[:, :-1]
+    first = torch.where(starts, steps, 0).cummax(dim=-1).values  # where each token's doc began
+    causal = torch.ones(T, T, dtype=torch.bool, device=doc.device).tril()
+    mask = causal[None] & (doc[:, :, None] == doc[:, None, :])
+    return steps - first, mask[:, None]
+
+
 class Block(nn.Module):
     def __init__(self, cfg: ModelConfig, layer: int):
         super().__init__()
@@ -73,9 +85,12 @@ class GPT(nn.Module):
         device: torch.device,
         cache: KVCache | None,
         attention_mask: torch.Tensor | None,
+        document_ids: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Positions (1 or B, T) of the new tokens and the attention mask (B, 1, T, S) or None."""
         start = cache.length if cache is not None else 0
+        if document_ids is not None:
+            return _packed_positions_and_mask(document_ids)
         if attention_mask is None and cache is None:
             return torch.arange(T, device=device)[None], None  # training: plain causal
         if attention_mask is None:
@@ -103,15 +118,20 @@ class GPT(nn.Module):
         idx: torch.Tensor,
         cache: KVCache | None = None,
         attention_mask: torch.Tensor | None = None,
+        document_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """The final normalised hidden state of every position, (B, T, C)."""
+        """The final normalised hidden state of every position, (B, T, C). `document_ids`
+        (B, T) marks several examples packed in one row: each attends only to itself and
+        starts at position 0, exactly as if it were alone."""
         B, T = idx.shape
         start = cache.length if cache is not None else 0
         if start + T > self.cfg.block_size:
             raise ValueError(
                 f"{start + T} positions are more than block_size={self.cfg.block_size}"
             )
-        positions, mask = self._positions_and_mask(T, idx.device, cache, attention_mask)
+        positions, mask = self._positions_and_mask(
+            T, idx.device, cache, attention_mask, document_ids
+        )
         x = self.wte(idx)
         if self.wpe is not None:
             x = x + self.wpe(positions)
@@ -132,10 +152,11 @@ class GPT(nn.Module):
         *,
         cache: KVCache | None = None,
         attention_mask: torch.Tensor | None = None,
+        document_ids: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits for every position; with `targets`, also the mean next-token cross-entropy
         (targets of -1 are ignored)."""
-        logits = self.lm_head(self.hidden_states(idx, cache, attention_mask))
+        logits = self.lm_head(self.hidden_states(idx, cache, attention_mask, document_ids))
         if self.cfg.logit_softcap:  # Gemma 2: keeps logits in (-c, c) smoothly
             c = self.cfg.logit_softcap
             logits = c * torch.tanh(logits / c)

@@ -21,14 +21,14 @@ def last_token_index(
 
 class GPTClassifier(nn.Module):
     """Sequence classification: a causal model's last real token has read the whole text, so
-    its hidden state feeds a linear layer with one output per class."""
+    its hidden state feeds a linear layer with one output per class (no bias, as Hugging
+    Face's *ForSequenceClassification `score` layer, so the head exports as it is)."""
 
     def __init__(self, backbone: GPT, num_classes: int):
         super().__init__()
         self.backbone = backbone
-        self.head = nn.Linear(backbone.cfg.n_embd, num_classes)
+        self.head = nn.Linear(backbone.cfg.n_embd, num_classes, bias=False)
         nn.init.normal_(self.head.weight, std=backbone.cfg.init_std)
-        nn.init.zeros_(self.head.bias)
 
     def forward(
         self,

@@ -141,7 +141,10 @@ def hf_tokenizer_json(tok: Tokenizer) -> dict[str, Any]:
 
 
 def export_tokenizer(
-    tok: Tokenizer, out_dir: str | os.PathLike, model_max_length: int | None = None
+    tok: Tokenizer,
+    out_dir: str | os.PathLike,
+    model_max_length: int | None = None,
+    chat_template: str | None = None,
 ) -> list[Path]:
     """Write every interchange format of `tok` into `out_dir`; return the files written.
 
@@ -165,6 +168,8 @@ def export_tokenizer(
         "clean_up_tokenization_spaces": False,
         "model_max_length": model_max_length or 1_000_000_000_000_000_019_884_624_838_656,
     }
+    if chat_template:
+        config["chat_template"] = chat_template
     atomic_write_json(out / "tokenizer_config.json", config)
     vocab = dict(doc["model"]["vocab"]) | {s: i for s, i in tok.special_tokens.items()}
     atomic_write_json(out / "vocab.json", vocab)

@@ -69,8 +69,40 @@ def load_model_config(run_dir: Path) -> ModelConfig:
     return build(ModelConfig, yaml.safe_load(path.read_text())["model"], "model.")
 
 
+def checkpoint_state(ckpt: Path) -> dict[str, torch.Tensor]:
+    """The full weights a checkpoint stands for. Usually model.safetensors; a LoRA fine-tune
+    saved without merging holds adapter.safetensors instead, and meta.json names its base:
+    the base's weights (read the same way, or from an HF folder) plus scale * B @ A."""
+    if (ckpt / "model.safetensors").is_file():
+        return load_file(str(ckpt / "model.safetensors"))
+    if not (ckpt / "adapter.safetensors").is_file():
+        raise StageError(f"{ckpt} holds no weights (no model.safetensors)")
+    from safetensors import safe_open
+
+    base = json.loads((ckpt / "meta.json").read_text())["base"]
+    if base["kind"] == "run":
+        state = checkpoint_state(Path(base["checkpoint"]))
+    else:
+        from scratchlm.export.hf import import_hf
+
+        state = import_hf(base["path"])[1]
+    state = {base.get("prefix", "") + k: v for k, v in state.items()}
+    with safe_open(str(ckpt / "adapter.safetensors"), "pt") as f:
+        lora = json.loads(f.metadata()["lora_config"])
+    adapter = load_file(str(ckpt / "adapter.safetensors"))
+    scale = lora["alpha"] / lora["rank"]
+    for name, tensor in adapter.items():
+        if name.endswith(".lora_a"):
+            layer = name.removesuffix(".lora_a")
+            b = adapter[f"{layer}.lora_b"]
+            state[f"{layer}.weight"] = state[f"{layer}.weight"] + scale * (b @ tensor)
+        elif not name.endswith(".lora_b"):  # trained in full beside the adapters (head, vocab)
+            state[name] = tensor
+    return state
+
+
 def load_weights(model: torch.nn.Module, ckpt: Path) -> None:
-    state = load_file(str(ckpt / "model.safetensors"))
+    state = checkpoint_state(ckpt)
     missing, unexpected = model.load_state_dict(state, strict=False)
     names = {n for n, _ in model.named_parameters(remove_duplicate=False)}
     tied = names - {n for n, _ in model.named_parameters()}  # saved once, under the other name

@@ -1,0 +1,111 @@
+"""The starting point of fine-tuning, and the run folder it ends in.
+
+A base is a run folder of ours (its latest checkpoint) or a Hugging Face GPT-2 / Llama folder.
+A fine-tuned run folder reads like a pretraining one, so `generate`, `export` and `eval` take it:
+
+    config.yaml          the model settings (vocab grown if chat tokens were added) + finetune.*
+    tokenizer.json       the base's tokenizer, with the chat tokens when it lacked them
+    chat_template.json   sft / dpo: how conversations become tokens
+    labels.json          classify: the class names, in the head's output order
+    metrics.jsonl        train loss, validation results and sample answers
+    checkpoints/step_N/  model.safetensors (full weights), or with LoRA and no merge
+                         adapter.safetensors and meta.json's "base", the weights it adapts
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from scratchlm.errors import StageError
+from scratchlm.model.gpt import GPT
+
+
+@dataclass
+class Base:
+    model: GPT
+    tokenizer: Any
+    source: dict[str, str]  # {"kind": "run", "checkpoint": ...} or {"kind": "hf", "path": ...}
+
+
+def load_base(path: str | Path) -> Base:
+    """Our run folder or an HF folder, as a model in training precision and its tokenizer."""
+    from scratchlm.train.checkpoint import latest_checkpoint, load_run
+
+    path = Path(path)
+    if (path / "config.yaml").is_file():
+        model, tok = load_run(path)
+        source = {"kind": "run", "checkpoint": str(latest_checkpoint(path).resolve())}
+    elif (path / "config.json").is_file():
+        model, tok = _load_hf(path)
+        source = {"kind": "hf", "path": str(path.resolve())}
+    else:
+        raise StageError(
+            f"{path}: not a run folder (no config.yaml) nor a Hugging Face folder (no config.json)"
+        )
+    return Base(model.float().train(), tok, source)
+
+
+def _load_hf(path: Path) -> tuple[GPT, Any]:
+    from scratchlm.export.hf import import_hf
+    from scratchlm.tokenizer.formats import import_tokenizer
+
+    cfg, state = import_hf(path)
+    model = GPT(cfg)
+    model.load_state_dict(state, strict=True)
+    return model, import_tokenizer(path)
+
+
+def load_source_weights(model: nn.Module, source: dict[str, str]) -> None:
+    """Put the base weights that `source` names into `model` (for adapter-only checkpoints)."""
+    from scratchlm.train.checkpoint import load_weights
+
+    if source["kind"] == "run":
+        load_weights(model, Path(source["checkpoint"]))
+    else:
+        model.load_state_dict(_load_hf(Path(source["path"]))[0].state_dict())
+
+
+@torch.no_grad()
+def grow_vocab(model: GPT, vocab_size: int) -> None:
+    """Give `model` rows for new token ids, started at the mean of the existing rows (a
+    neutral 'some token' that the fine-tuning then specialises)."""
+    cfg = model.cfg
+    if vocab_size <= cfg.vocab_size:
+        return
+    old = model.wte.weight
+    wte = nn.Embedding(vocab_size, cfg.n_embd, device=old.device, dtype=old.dtype)
+    wte.weight[: cfg.vocab_size] = old
+    wte.weight[cfg.vocab_size :] = old.mean(dim=0)
+    head = nn.Linear(cfg.n_embd, vocab_size, bias=False, device=old.device, dtype=old.dtype)
+    if cfg.tie_embeddings:
+        head.weight = wte.weight
+    else:
+        head.weight[: cfg.vocab_size] = model.lm_head.weight
+        head.weight[cfg.vocab_size :] = model.lm_head.weight.mean(dim=0)
+    model.wte, model.lm_head = wte, head
+    model.cfg = dataclasses.replace(cfg, vocab_size=vocab_size)
+
+
+def run_config(model_cfg: Any, settings: Any) -> str:
+    """config.yaml of a fine-tuned run: the model it holds and how it was tuned."""
+    import yaml
+
+    return yaml.safe_dump(
+        {"model": dataclasses.asdict(model_cfg), "finetune": dataclasses.asdict(settings)},
+        sort_keys=False,
+        allow_unicode=True,
+    )
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise StageError(f"{path.parent} has no {path.name}") from None

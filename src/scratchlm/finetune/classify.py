@@ -1,0 +1,164 @@
+"""Classification: a linear head on the last real token's hidden state (model/heads.py).
+
+Labels are mapped to indices in sorted order and saved as labels.json beside the weights,
+so the head's outputs keep their names. Texts longer than the context keep their *last*
+block_size tokens: the last token is the one the head reads, and it should have seen the end.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from scratchlm.errors import StageError
+from scratchlm.model.heads import GPTClassifier
+
+LABELS_FILE = "labels.json"
+
+
+def label_ids(train_labels: Sequence[str]) -> dict[str, int]:
+    return {label: i for i, label in enumerate(sorted(set(train_labels)))}
+
+
+def check_labels(labels: Sequence[str], known: dict[str, int], where: str) -> None:
+    unknown = sorted(set(labels) - set(known))
+    if unknown:
+        raise StageError(
+            f"{where}: label(s) {unknown} never appear in the training data (known: {sorted(known)})"
+        )
+
+
+def balanced_weights(labels: Sequence[int], classes: int) -> torch.Tensor:
+    """n / (classes * count): each class contributes equally to the loss."""
+    counts = Counter(labels)
+    return torch.tensor([len(labels) / (classes * max(counts[c], 1)) for c in range(classes)])
+
+
+def encode_texts(
+    tokenizer: Any, texts: Sequence[str], block_size: int
+) -> tuple[list[list[int]], int]:
+    """Token ids of each text (at least one token), and how many were cut to fit."""
+    out, cut = [], 0
+    for ids in tokenizer.encode_batch(list(texts)):
+        ids = ids or [tokenizer.eot_id]
+        if len(ids) > block_size:
+            ids, cut = ids[-block_size:], cut + 1
+        out.append(ids)
+    return out, cut
+
+
+def collate(
+    ids: Sequence[list[int]], pad_id: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ids and the attention mask of real tokens."""
+    T = max(len(x) for x in ids)
+    idx = torch.tensor([x + [pad_id] * (T - len(x)) for x in ids], device=device)
+    mask = torch.tensor([[1] * len(x) + [0] * (T - len(x)) for x in ids], device=device)
+    return idx, mask
+
+
+@torch.no_grad()
+def predict(
+    model: GPTClassifier, ids: Sequence[list[int]], pad_id: int, batch_size: int = 32
+) -> torch.Tensor:
+    """Class probabilities (N, classes)."""
+    device = next(model.parameters()).device
+    probs = []
+    for k in range(0, len(ids), batch_size):
+        idx, mask = collate(ids[k : k + batch_size], pad_id, device)
+        probs.append(model(idx, attention_mask=mask)[0].float().softmax(-1).cpu())
+    return torch.cat(probs)
+
+
+def scores(pred: Sequence[int], gold: Sequence[int], names: Sequence[str]) -> dict[str, Any]:
+    """Accuracy, macro-F1 (each class's F1, averaged) and the confusion matrix [gold][pred]."""
+    k = len(names)
+    confusion = [[0] * k for _ in range(k)]
+    for p, g in zip(pred, gold, strict=True):
+        confusion[g][p] += 1
+    f1s = []
+    for c in range(k):
+        tp = confusion[c][c]
+        predicted = sum(confusion[g][c] for g in range(k))
+        actual = sum(confusion[c])
+        precision = tp / predicted if predicted else 0.0
+        recall = tp / actual if actual else 0.0
+        f1s.append(2 * precision * recall / (precision + recall) if precision + recall else 0.0)
+    n = len(gold)
+    return {
+        "items": n,
+        "accuracy": sum(p == g for p, g in zip(pred, gold, strict=True)) / n if n else 0.0,
+        "macro_f1": sum(f1s) / k,
+        "f1": dict(zip(names, f1s, strict=True)),
+        "confusion": confusion,
+    }
+
+
+def plot_confusion(
+    confusion: list[list[int]], names: Sequence[str], title: str, path: Path
+) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from scratchlm.io import atomic_open
+
+    fig, ax = plt.subplots(figsize=(1.2 * len(names) + 2, 1.2 * len(names) + 1.5))
+    ax.imshow(confusion, cmap="Blues")
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
+    ax.set_yticks(range(len(names)), names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    top = max(max(r) for r in confusion) or 1
+    for g, row in enumerate(confusion):
+        for p, count in enumerate(row):
+            ax.text(
+                p,
+                g,
+                str(count),
+                ha="center",
+                va="center",
+                color="white" if count > top / 2 else "black",
+            )
+    fig.tight_layout()
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=100)
+    plt.close(fig)
+
+
+def load_classifier(run_dir: str | Path) -> tuple[GPTClassifier, Any, list[str]]:
+    """A classification run's model (eval mode), tokenizer and class names."""
+    from scratchlm.model.gpt import GPT
+    from scratchlm.tokenizer.tokenizer import load_tokenizer
+    from scratchlm.train.checkpoint import latest_checkpoint, load_model_config, load_weights
+
+    run_dir = Path(run_dir)
+    path = run_dir / LABELS_FILE
+    if not path.is_file():
+        raise StageError(f"{run_dir} is not a classification run (no {LABELS_FILE})")
+    names = json.loads(path.read_text())["labels"]
+    model = GPTClassifier(GPT(load_model_config(run_dir)), len(names))
+    load_weights(model, latest_checkpoint(run_dir))
+    return model.eval(), load_tokenizer(run_dir / "tokenizer.json"), names
+
+
+def classify_texts(run_dir: str | Path, texts: Sequence[str]) -> list[dict[str, Any]]:
+    """`scratchlm classify`: each text's label and the probability of every class."""
+    model, tok, names = load_classifier(run_dir)
+    ids, _ = encode_texts(tok, texts, model.backbone.cfg.block_size)
+    probs = predict(model, ids, tok.eot_id)
+    return [
+        {
+            "text": t,
+            "label": names[int(p.argmax())],
+            "probabilities": {n: round(float(v), 4) for n, v in zip(names, p, strict=True)},
+        }
+        for t, p in zip(texts, probs, strict=True)
+    ]

@@ -1,0 +1,134 @@
+"""The loop every fine-tuning task shares: AdamW on the trainable parameters, warmup then
+cosine decay, gradient clipping, evaluation every N steps, metrics.jsonl, and the checkpoint.
+
+A task supplies three functions: the loss of a batch, the batch for a step, and an evaluation.
+Everything else (which parameters train, how often to evaluate, where things are written)
+is decided here, once.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+from safetensors.torch import save_file
+from tqdm import tqdm
+
+from scratchlm.config import FinetuneSettings
+from scratchlm.errors import StageError
+from scratchlm.io import atomic_dir
+from scratchlm.model.lora import apply_lora, lora_layers, merge_and_unwrap
+from scratchlm.train.checkpoint import save_checkpoint, weights_for_saving
+
+
+def lr_at(step: int, total: int, s: FinetuneSettings) -> float:
+    if step < s.warmup_steps:
+        return s.lr * (step + 1) / s.warmup_steps
+    progress = min((step - s.warmup_steps) / max(1, total - s.warmup_steps), 1.0)
+    return s.lr * (0.1 + 0.45 * (1.0 + math.cos(math.pi * progress)))
+
+
+def total_steps(s: FinetuneSettings, examples: int) -> int:
+    if s.max_steps:
+        return s.max_steps
+    return max(1, math.ceil(s.epochs * examples / s.batch_size))
+
+
+def use_lora(model: nn.Module, s: FinetuneSettings, also_train: list[nn.Parameter]) -> list[str]:
+    """Wrap the target linears with adapters (everything else frozen), then unfreeze
+    `also_train` (a new head, or embedding rows for added tokens)."""
+    names = apply_lora(model, s.lora_targets, s.lora_rank, s.lora_alpha)
+    for p in also_train:
+        p.requires_grad_(True)
+    return names
+
+
+def fit(
+    model: nn.Module,
+    steps: int,
+    batch_for: Callable[[int], Any],
+    loss_of: Callable[[Any], tuple[torch.Tensor, dict[str, float]]],
+    evaluate: Callable[[int], dict[str, Any]],
+    s: FinetuneSettings,
+    metrics_path: Path,
+    progress: bool,
+) -> list[dict[str, Any]]:
+    """Train for `steps` optimizer steps; return every evaluation (step 0 is the base model)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise StageError("nothing to train: every parameter is frozen")
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": s.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=s.lr, betas=(0.9, 0.95))
+    evaluations = []
+    with metrics_path.open("a") as log:
+
+        def write(record: dict[str, Any]) -> None:
+            log.write(json.dumps(record) + "\n")
+            log.flush()
+
+        model.eval()
+        evaluations.append(evaluate(0))
+        write({"step": 0, "eval": evaluations[-1]})
+        bar = tqdm(range(steps), desc=f"finetune {s.task}", disable=not progress, leave=False)
+        for step in bar:
+            model.train()
+            for group in opt.param_groups:
+                group["lr"] = lr_at(step, steps, s)
+            loss, extra = loss_of(batch_for(step))
+            if not torch.isfinite(loss):
+                raise StageError(f"step {step + 1}: the loss is {loss.item()}; lower finetune.lr")
+            loss.backward()
+            if s.grad_clip:
+                nn.utils.clip_grad_norm_(params, s.grad_clip)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            write(
+                {"step": step + 1, "loss": round(loss.item(), 5), "lr": opt.param_groups[0]["lr"]}
+                | extra
+            )
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+            if (step + 1) % s.eval_every == 0 or step + 1 == steps:
+                model.eval()
+                evaluations.append(evaluate(step + 1))
+                write({"step": step + 1, "eval": evaluations[-1]})
+    model.eval()
+    return evaluations
+
+
+def save_tuned(
+    run_dir: Path,
+    step: int,
+    model: nn.Module,
+    s: FinetuneSettings,
+    source: dict[str, str],
+    meta: dict[str, Any],
+    base_prefix: str = "",
+) -> Path:
+    """The final checkpoint: full weights, or (LoRA without merge) the adapters and whatever
+    else trained, with a pointer to the base weights they modify."""
+    if not lora_layers(model) or s.merge:
+        merge_and_unwrap(model)
+        return save_checkpoint(run_dir, step, model, None, meta)
+    tensors = {}
+    for name, layer in lora_layers(model).items():
+        tensors[f"{name}.lora_a"] = layer.lora_a.detach().cpu().contiguous()
+        tensors[f"{name}.lora_b"] = layer.lora_b.detach().cpu().contiguous()
+    trained = {n for n, p in model.named_parameters() if p.requires_grad and ".lora_" not in n}
+    for name, tensor in weights_for_saving(model).items():
+        if name in trained:
+            tensors[name] = tensor
+    lora_config = json.dumps(model.lora_config)
+    path = run_dir / "checkpoints" / f"step_{step:06d}"
+    with atomic_dir(path) as tmp:
+        save_file(tensors, str(tmp / "adapter.safetensors"), metadata={"lora_config": lora_config})
+        base = source | {"prefix": base_prefix}
+        (tmp / "meta.json").write_text(json.dumps({"step": step, "base": base, **meta}, indent=2))
+    return path
