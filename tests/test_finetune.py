@@ -344,3 +344,17 @@ def test_pipeline_runs_and_caches_the_finetune_stage(tmp_path):
     assert not any(r.ran for r in again)
     recipe.finetune = settings(data="")
     assert "finetune" not in [r.stage for r in run_pipeline(recipe, ws, progress=False)]
+
+
+def test_an_hf_folder_is_a_base_too(base_run, tmp_path):
+    from scratchlm.export.hf import export_run
+
+    export_run(base_run, tmp_path / "hf")
+    data = write_jsonl(tmp_path / "qa.jsonl", qa_rows(20))
+    s = settings(data=str(data), lora_rank=4, max_steps=5)
+    summary = finetune(s, tmp_path / "hf", tmp_path / "o", progress=False)
+    assert summary["base"]["kind"] == "hf"
+    tuned, _ = load_run(tmp_path / "o")  # the adapters applied over the HF weights
+    base, _ = load_run(base_run)
+    x = torch.randint(0, 300, (1, 12))
+    assert tuned(x)[0].shape == base(x)[0].shape and not torch.allclose(tuned(x)[0], base(x)[0])

@@ -2,6 +2,7 @@
 
     builtin:shakespeare-dialogue   chat: a speech, and the next character's reply to it (SFT)
     builtin:shakespeare-genre      a speech, labelled comedy / history / tragedy (classify)
+    builtin:shakespeare-preference a speech; the real reply preferred to one from another play (DPO)
     builtin:pydoc-qa               "What is <topic> in Python?" and the reference's first lines
 
 The plays' text marks each speech with its speaker on a line of its own ("HAMLET."), so a
@@ -114,6 +115,19 @@ def shakespeare_genre() -> Iterator[dict[str, Any]]:
             yield {"text": speech, "label": genre}
 
 
+def shakespeare_preference() -> Iterator[dict[str, Any]]:
+    """The reply that was written for this speech, preferred to a reply from far away in the
+    corpus (the pair half the set away, so the two never come from the same scene)."""
+    pairs = list(shakespeare_dialogue())
+    for i, pair in enumerate(pairs):
+        other = pairs[(i + len(pairs) // 2) % len(pairs)]
+        yield {
+            "prompt": pair["messages"][:2],
+            "chosen": pair["messages"][2]["content"],
+            "rejected": other["messages"][2]["content"],
+        }
+
+
 def pydoc_qa() -> Iterator[dict[str, Any]]:
     from pydoc_data.topics import topics
 
@@ -128,6 +142,7 @@ def pydoc_qa() -> Iterator[dict[str, Any]]:
 BUILTINS = {
     "builtin:shakespeare-dialogue": shakespeare_dialogue,
     "builtin:shakespeare-genre": shakespeare_genre,
+    "builtin:shakespeare-preference": shakespeare_preference,
     "builtin:pydoc-qa": pydoc_qa,
 }
 
