@@ -24,6 +24,7 @@ from scratchlm.errors import StageError
 from scratchlm.io import atomic_dir
 from scratchlm.model.lora import apply_lora, lora_layers, merge_and_unwrap
 from scratchlm.train.checkpoint import save_checkpoint, weights_for_saving
+from scratchlm.train.loop import autocast_for
 
 
 def lr_at(step: int, total: int, s: FinetuneSettings) -> float:
@@ -67,6 +68,7 @@ def fit(
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
     opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=s.lr, betas=(0.9, 0.95))
+    device = params[0].device  # autocast: bf16 on CUDA, float32 on CPU
     evaluations = []
     with metrics_path.open("a") as log:
 
@@ -75,14 +77,16 @@ def fit(
             log.flush()
 
         model.eval()
-        evaluations.append(evaluate(0))
+        with autocast_for(device):
+            evaluations.append(evaluate(0))
         write({"step": 0, "eval": evaluations[-1]})
         bar = tqdm(range(steps), desc=f"finetune {s.task}", disable=not progress, leave=False)
         for step in bar:
             model.train()
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, steps, s)
-            loss, extra = loss_of(batch_for(step))
+            with autocast_for(device):
+                loss, extra = loss_of(batch_for(step))
             if not torch.isfinite(loss):
                 raise StageError(f"step {step + 1}: the loss is {loss.item()}; lower finetune.lr")
             loss.backward()
@@ -97,7 +101,8 @@ def fit(
             bar.set_postfix(loss=f"{loss.item():.3f}")
             if (step + 1) % s.eval_every == 0 or step + 1 == steps:
                 model.eval()
-                evaluations.append(evaluate(step + 1))
+                with autocast_for(device):
+                    evaluations.append(evaluate(step + 1))
                 write({"step": step + 1, "eval": evaluations[-1]})
     model.eval()
     return evaluations
