@@ -23,8 +23,12 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from scratchlm.config import FinetuneSettings
 from scratchlm.errors import StageError
+from scratchlm.finetune.loop import save_tuned
+from scratchlm.io import atomic_write_text
 from scratchlm.model.gpt import GPT
+from scratchlm.tokenizer.chat import ChatTemplate, add_chat_tokens
 
 
 @dataclass
@@ -109,3 +113,32 @@ def read_json(path: Path) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise StageError(f"{path.parent} has no {path.name}") from None
+
+
+def with_chat_tokens(base: Base) -> tuple[Any, list[str]]:
+    """The tokenizer with chat tokens, and the model grown to cover them."""
+    tok, added = add_chat_tokens(base.tokenizer)
+    grow_vocab(base.model, tok.vocab_size)
+    return tok, added
+
+
+def vocab_params(model: torch.nn.Module, added: list[str]) -> list[torch.nn.Parameter]:
+    """With LoRA, the embedding rows of newly added tokens must still learn: train the
+    embedding and output matrices in full when tokens were added."""
+    return [model.wte.weight, model.lm_head.weight] if added else []
+
+
+def save_chat_run(
+    out: Path,
+    model: Any,
+    tok: Any,
+    template: ChatTemplate,
+    s: FinetuneSettings,
+    steps: int,
+    meta: dict,
+    base: Base,
+) -> None:
+    save_tuned(out, steps, model, s, base.source, meta | {"model": dataclasses.asdict(model.cfg)})
+    atomic_write_text(out / "config.yaml", run_config(model.cfg, s))
+    tok.save(out / "tokenizer.json")
+    template.save(out)

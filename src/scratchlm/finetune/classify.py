@@ -7,7 +7,9 @@ block_size tokens: the last token is the one the head reads, and it should have 
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import random
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,7 +17,12 @@ from typing import Any
 
 import torch
 
+from scratchlm.config import FinetuneSettings
 from scratchlm.errors import StageError
+from scratchlm.finetune import records
+from scratchlm.finetune.base import Base, run_config
+from scratchlm.finetune.loop import fit, save_tuned, total_steps, use_lora
+from scratchlm.io import atomic_write_json, atomic_write_text
 from scratchlm.model.heads import GPTClassifier
 
 LABELS_FILE = "labels.json"
@@ -162,3 +169,112 @@ def classify_texts(run_dir: str | Path, texts: Sequence[str]) -> list[dict[str, 
         }
         for t, p in zip(texts, probs, strict=True)
     ]
+
+
+def run(
+    s: FinetuneSettings, base: Base, out: Path, device: torch.device, progress: bool
+) -> dict[str, Any]:
+    """Classification: labelled texts -> train / val / test, a head on the base (plus what
+    train_layers or LoRA unfreezes); accuracy, macro-F1 and confusion matrices at the end."""
+    convert = records.to_labelled(s.text_field, s.label_field)
+    train, val, skipped = records.held_out(s, convert)
+    if s.test_data:
+        test_l = records.load(s.test_data, convert, "finetune.test_data")
+        test, skipped[s.test_data] = test_l.examples, test_l.skipped
+    else:
+        train, test = records.split(train, s.test_fraction, s.seed + 1)
+    names_to_id = label_ids([label for _, label in train])
+    names = list(names_to_id)
+    if len(names) < 2:
+        raise StageError(
+            f"finetune.data={s.data}: classification needs at least 2 labels, found {names}"
+        )
+    check_labels([lb for _, lb in val], names_to_id, s.val_data or "the validation split")
+    check_labels([lb for _, lb in test], names_to_id, s.test_data or "the test split")
+    tok, block = base.tokenizer, base.model.cfg.block_size
+    model = GPTClassifier(base.model, len(names))
+    choose_trainable(model, s)
+    model.to(device)
+    data: dict[str, tuple[list[list[int]], list[int]]] = {}
+    cut = {}
+    for split_name, items in (("train", train), ("val", val), ("test", test)):
+        ids, cut[split_name] = encode_texts(tok, [t for t, _ in items], block)
+        data[split_name] = (ids, [names_to_id[lb] for _, lb in items])
+    train_ids, train_y = data["train"]
+    weights = (
+        balanced_weights(train_y, len(names)).to(device) if s.class_weights == "balanced" else None
+    )
+    steps = total_steps(s, len(train_ids))
+    per_epoch = max(1, -(-len(train_ids) // s.batch_size))
+
+    def batch_for(step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        epoch, k = divmod(step, per_epoch)
+        order = list(range(len(train_ids)))
+        random.Random(s.seed * 1_000_003 + epoch).shuffle(order)
+        chosen = order[k * s.batch_size : (k + 1) * s.batch_size]
+        idx, mask = collate([train_ids[i] for i in chosen], tok.eot_id, device)
+        return idx, mask, torch.tensor([train_y[i] for i in chosen], device=device)
+
+    def loss_of(batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
+        idx, mask, y = batch
+        _, value = model(idx, attention_mask=mask, labels=y, class_weights=weights)
+        return value, {}
+
+    def evaluate_split(split_name: str) -> dict[str, Any]:
+        ids, gold = data[split_name]
+        if not ids:
+            return {"items": 0}
+        probs = predict(model, ids, tok.eot_id)
+        result = scores(probs.argmax(-1).tolist(), gold, names)
+        nll = -probs[torch.arange(len(gold)), torch.tensor(gold)].clamp(min=1e-12).log().mean()
+        return result | {"loss": round(float(nll), 5)}
+
+    def evaluate(step: int) -> dict[str, Any]:
+        r = evaluate_split("val")
+        return {k: r[k] for k in ("items", "accuracy", "macro_f1", "loss") if k in r}
+
+    evals = fit(model, steps, batch_for, loss_of, evaluate, s, out / "metrics.jsonl", progress)
+    report = {"labels": names, "val": evaluate_split("val"), "test": evaluate_split("test")}
+    for split_name in ("val", "test"):
+        if report[split_name]["items"]:
+            r = report[split_name]
+            title = f"{split_name}: accuracy {r['accuracy']:.3f}, macro-F1 {r['macro_f1']:.3f}"
+            plot_confusion(r["confusion"], names, title, out / f"confusion_{split_name}.png")
+    atomic_write_json(out / "report.json", report)
+    cfg = model.backbone.cfg
+    meta = {"task": "classify", "labels": names, "model": dataclasses.asdict(cfg)}
+    save_tuned(out, steps, model, s, base.source, meta, base_prefix="backbone.")
+    atomic_write_text(out / "config.yaml", run_config(cfg, s))
+    atomic_write_json(out / LABELS_FILE, {"labels": names})
+    tok.save(out / "tokenizer.json")
+    return {
+        "task": "classify",
+        "base": base.source,
+        "steps": steps,
+        "labels": names,
+        "examples": {k: len(v[0]) for k, v in data.items()},
+        "truncated": cut,
+        "skipped_records": records.skipped_summary(skipped),
+        "initial": evals[0],
+        "val": {k: report["val"].get(k) for k in ("items", "accuracy", "macro_f1")},
+        "test": {k: report["test"].get(k) for k in ("items", "accuracy", "macro_f1")},
+    }
+
+
+def choose_trainable(model: GPTClassifier, s: FinetuneSettings) -> None:
+    if s.lora_rank:
+        use_lora(model.backbone, s, [])
+        return
+    if s.train_layers == "all":
+        return
+    for p in model.backbone.parameters():
+        p.requires_grad_(False)
+    if s.train_layers == "last_blocks":
+        blocks = model.backbone.blocks
+        if s.last_blocks > len(blocks):
+            raise StageError(
+                f"finetune.last_blocks={s.last_blocks}: the model has {len(blocks)} blocks"
+            )
+        for module in [*blocks[-s.last_blocks :], model.backbone.ln_f]:
+            for p in module.parameters():
+                p.requires_grad_(True)

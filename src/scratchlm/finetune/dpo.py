@@ -11,13 +11,20 @@ are computed once, up front, for every pair: no second model in memory, and with
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from scratchlm.config import FinetuneSettings
+from scratchlm.errors import StageError
+from scratchlm.finetune import records, sft
+from scratchlm.finetune.base import Base, save_chat_run, vocab_params, with_chat_tokens
+from scratchlm.finetune.loop import fit, total_steps, use_lora
 from scratchlm.tokenizer.chat import ChatTemplate
 
 
@@ -111,7 +118,7 @@ def loss(
 
 
 @torch.no_grad()
-def evaluate(
+def evaluate_pairs(
     model: torch.nn.Module, pairs: Sequence[Pair], beta: float, pad_id: int, batch_size: int
 ) -> dict[str, float]:
     """Loss, reward accuracy and margin over all `pairs`, averaged per pair."""
@@ -122,3 +129,97 @@ def evaluate(
         for name, v in {"val_loss": value.item(), **extra}.items():
             totals[name] += v * len(chunk)
     return {name: v / len(pairs) for name, v in totals.items()}
+
+
+def run(
+    s: FinetuneSettings, base: Base, out: Path, device: torch.device, progress: bool
+) -> dict[str, Any]:
+    """DPO: preference pairs -> reference log-probabilities (once) -> the DPO loss; reward
+    accuracy and margin on the validation pairs at every evaluation."""
+    tok, added = with_chat_tokens(base)
+    model, template = base.model, ChatTemplate()
+    block = model.cfg.block_size
+    train, val, skipped = records.held_out(s, records.to_preference)
+
+    def encode_all(items: list) -> tuple[list[Pair], int]:
+        pairs, cut = [], 0
+        for prompt, chosen, rejected in items:
+            pair, was_cut = encode(tok, template, prompt, chosen, rejected, block)
+            cut += was_cut
+            if pair is not None:
+                pairs.append(pair)
+        return pairs, cut
+
+    train_pairs, cut = encode_all(train)
+    val_pairs, _ = encode_all(val)
+    if not train_pairs:
+        raise StageError(
+            f"finetune.data={s.data}: every prompt is longer than the context ({block} tokens)"
+        )
+    model.to(device)
+    pad = tok.eot_id
+    model.eval()
+    add_reference(model, train_pairs + val_pairs, pad, s.batch_size)
+    if s.lora_rank:
+        use_lora(model, s, vocab_params(model, added))
+    steps = total_steps(s, len(train_pairs))
+    per_epoch = max(1, -(-len(train_pairs) // s.batch_size))
+    prompts = [[{"role": "user", "content": p}] for p in s.sample_prompts] or [
+        p for p, _, _ in val[:2]
+    ]
+
+    def batch_for(step: int) -> list[Pair]:
+        epoch, k = divmod(step, per_epoch)
+        order = list(range(len(train_pairs)))
+        random.Random(s.seed * 1_000_003 + epoch).shuffle(order)
+        return [train_pairs[i] for i in order[k * s.batch_size : (k + 1) * s.batch_size]]
+
+    @torch.no_grad()
+    def evaluate(step: int) -> dict[str, Any]:
+        result: dict[str, Any] = {}
+        if val_pairs:
+            result = {
+                k: round(v, 5)
+                for k, v in evaluate_pairs(model, val_pairs, s.beta, pad, s.batch_size).items()
+            }
+        result["samples"] = [
+            {
+                "prompt": p[-1]["content"],
+                "answer": sft.reply(model, tok, template, p, s.max_new_tokens),
+            }
+            for p in prompts
+        ]
+        return result
+
+    evals = fit(
+        model,
+        steps,
+        batch_for,
+        lambda b: loss(model, b, s.beta, pad),
+        evaluate,
+        s,
+        out / "metrics.jsonl",
+        progress,
+    )
+    save_chat_run(
+        out,
+        model,
+        tok,
+        template,
+        s,
+        steps,
+        {"task": "dpo", "val_loss": evals[-1].get("val_loss")},
+        base,
+    )
+    return {
+        "task": "dpo",
+        "base": base.source,
+        "steps": steps,
+        "pairs": {"train": len(train_pairs), "val": len(val_pairs)},
+        "truncated": cut,
+        "skipped_records": records.skipped_summary(skipped),
+        "added_tokens": added,
+        "initial": {k: v for k, v in evals[0].items() if k != "samples"},
+        "final": {k: v for k, v in evals[-1].items() if k != "samples"},
+        "answers": sft.answers(evals),
+    }

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from scratchlm.config import FinetuneSettings
 from scratchlm.errors import StageError
 
 
@@ -171,3 +172,19 @@ def to_preference(record: dict[str, Any]) -> tuple[list[dict[str, str]], str, st
     if chosen == rejected:
         raise RecordError("'chosen' and 'rejected' are the same")
     return messages, chosen, rejected
+
+
+def held_out(s: FinetuneSettings, convert: Any) -> tuple[list, list, dict[str, list[str]]]:
+    """Training examples, validation examples, and the records skipped in each file."""
+    data = load(s.data, convert, "finetune.data")
+    skipped = {s.data: data.skipped}
+    if s.val_data:
+        val = load(s.val_data, convert, "finetune.val_data")
+        skipped[s.val_data] = val.skipped
+        return data.examples, val.examples, skipped
+    train, held = split(data.examples, s.val_fraction, s.seed)
+    return train, held, skipped
+
+
+def skipped_summary(skipped: dict[str, list[str]]) -> dict[str, Any]:
+    return {src: {"count": len(v), "examples": v[:5]} for src, v in skipped.items() if v}

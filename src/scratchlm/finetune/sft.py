@@ -15,10 +15,16 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from scratchlm.config import FinetuneSettings
+from scratchlm.errors import StageError
+from scratchlm.finetune import records
+from scratchlm.finetune.base import Base, save_chat_run, vocab_params, with_chat_tokens
+from scratchlm.finetune.loop import fit, total_steps, use_lora
 from scratchlm.tokenizer.chat import ChatTemplate
 
 
@@ -145,3 +151,108 @@ def reply(
     stops = {tokenizer.special_tokens[template.end], tokenizer.eot_id}
     cut = next((i for i, t in enumerate(new) if t in stops), len(new))
     return tokenizer.decode(new[:cut]).strip()
+
+
+def sample_conversations(
+    s: FinetuneSettings, val: list[list[dict[str, str]]]
+) -> list[list[dict[str, str]]]:
+    """The fixed prompts answered at each evaluation."""
+    if s.sample_prompts:
+        return [[{"role": "user", "content": p}] for p in s.sample_prompts]
+    convs = []
+    for messages in val[:2]:
+        last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+        convs.append(messages[:last])
+    return convs
+
+
+def answers(evals: list[dict[str, Any]]) -> list[dict[str, str]]:
+    before, after = evals[0]["samples"], evals[-1]["samples"]
+    return [
+        {"prompt": b["prompt"], "before": b["answer"], "after": a["answer"]}
+        for b, a in zip(before, after, strict=True)
+    ]
+
+
+def run(
+    s: FinetuneSettings, base: Base, out: Path, device: torch.device, progress: bool
+) -> dict[str, Any]:
+    """SFT: conversations -> examples (cut to the context, counted) -> packed or padded rows;
+    validation loss and answers to fixed prompts at every evaluation."""
+    tok, added = with_chat_tokens(base)
+    model, template = base.model, ChatTemplate()
+    block = model.cfg.block_size
+    train, val, skipped = records.held_out(s, records.to_messages)
+
+    def encode_all(convs: list) -> tuple[list[Example], int, int]:
+        examples, cut, dropped = [], 0, 0
+        for messages in convs:
+            ex, was_cut = encode(tok, template, messages, block)
+            cut += was_cut
+            if ex is None:
+                dropped += 1
+            else:
+                examples.append(ex)
+        return examples, cut, dropped
+
+    train_ex, cut, dropped = encode_all(train)
+    val_ex, val_cut, val_dropped = encode_all(val)
+    if not train_ex:
+        raise StageError(
+            f"finetune.data={s.data}: every prompt is longer than the context "
+            f"(model.block_size={block} tokens) after templating"
+        )
+    pad = tok.eot_id
+    rows = pack(train_ex, block, pad) if s.packing else pad_rows(train_ex)
+    val_rows = pack(val_ex, block, pad) if s.packing else pad_rows(val_ex)
+    if s.lora_rank:
+        use_lora(model, s, vocab_params(model, added))
+    model.to(device)
+    steps = total_steps(s, len(rows))
+    per_epoch = max(1, -(-len(rows) // s.batch_size))
+    prompts = sample_conversations(s, val)
+
+    def batch_for(step: int) -> dict[str, torch.Tensor]:
+        epoch, k = divmod(step, per_epoch)
+        return collate(batches(rows, s.batch_size, s.seed, epoch)[k], pad, device)
+
+    def evaluate(step: int) -> dict[str, Any]:
+        result: dict[str, Any] = {}
+        if val_rows:
+            result["val_loss"] = round(eval_loss(model, val_rows, s.batch_size, pad, device), 5)
+        result["samples"] = [
+            {
+                "prompt": p[-1]["content"],
+                "answer": reply(model, tok, template, p, s.max_new_tokens),
+            }
+            for p in prompts
+        ]
+        return result
+
+    evals = fit(
+        model,
+        steps,
+        batch_for,
+        lambda b: (loss(model, b), {}),
+        evaluate,
+        s,
+        out / "metrics.jsonl",
+        progress,
+    )
+    final = evals[-1].get("val_loss")
+    save_chat_run(out, model, tok, template, s, steps, {"task": "sft", "val_loss": final}, base)
+    return {
+        "task": "sft",
+        "base": base.source,
+        "steps": steps,
+        "examples": {"train": len(train_ex), "val": len(val_ex)},
+        "rows": {"train": len(rows), "val": len(val_rows)},
+        "truncated": {"train": cut, "val": val_cut},
+        "dropped_prompt_too_long": {"train": dropped, "val": val_dropped},
+        "skipped_records": records.skipped_summary(skipped),
+        "added_tokens": added,
+        "lora": s.lora_rank > 0,
+        "initial_val_loss": evals[0].get("val_loss"),
+        "final_val_loss": final,
+        "answers": answers(evals),
+    }
