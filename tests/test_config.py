@@ -21,13 +21,13 @@ def test_overrides_are_typed():
         [
             "model.n_layer=6",
             "pretrain.lr=1e-3",
-            "curate.dedup=false",
+            "curate.fix_mojibake=false",
             "curate.sources=[a.txt, b.jsonl]",
         ],
     )
     assert r.model.n_layer == 6
     assert r.pretrain.lr == pytest.approx(1e-3) and isinstance(r.pretrain.lr, float)
-    assert r.curate.dedup is False
+    assert r.curate.fix_mojibake is False
     assert r.curate.sources == ["a.txt", "b.jsonl"]
 
 
@@ -42,7 +42,7 @@ def test_single_value_for_a_list_becomes_a_list_of_one():
         ("model.n_layer=2.5", ["model.n_layer", "2.5", "an integer"]),
         ("model.n_layer=0", ["model.n_layer", "0", ">= 1"]),
         ("pretrain.lr=fast", ["pretrain.lr", "'fast'", "a number"]),
-        ("curate.dedup=maybe", ["curate.dedup", "'maybe'", "true or false"]),
+        ("curate.fix_mojibake=maybe", ["curate.fix_mojibake", "'maybe'", "true or false"]),
         ("tokenizer.vocab_size=100", ["tokenizer.vocab_size", "100", "from 257 to 131072"]),
         ("tokenize.val_fraction=0.9", ["tokenize.val_fraction", "0.9", "from 0.0 to 0.5"]),
         ("pretrain.device=tpu", ["pretrain.device", "'tpu'", "one of auto, cpu, cuda, mps"]),

@@ -6,7 +6,8 @@ import json
 import pytest
 
 from scratchlm.config import CurateSettings
-from scratchlm.data.curate import curate, iter_curated, normalize
+from scratchlm.data.clean import normalize
+from scratchlm.data.curate import curate, iter_curated
 from scratchlm.errors import StageError
 
 
@@ -26,7 +27,9 @@ def test_min_words_threshold_is_inclusive(tmp_path):
     )
     kept = [len(d["text"].split()) for d in iter_curated(tmp_path / "out")]
     assert kept == [5, 6]
-    assert report["dropped"]["too_few_words"] == {"count": 1, "examples": ["docs.jsonl#1"]}
+    dropped = report["dropped"]["too_few_words"]
+    assert dropped["count"] == 1 and dropped["examples"][0]["id"] == f"{src}#1"
+    assert dropped["examples"][0]["text"] == words(4, "w4_")  # the example shows the text
 
 
 def test_exact_duplicates_after_normalisation_are_dropped(tmp_path):
@@ -39,9 +42,9 @@ def test_exact_duplicates_after_normalisation_are_dropped(tmp_path):
         CurateSettings(sources=[str(src)], min_words=1), tmp_path / "out", progress=False
     )
     assert report["documents_out"] == 2
-    assert report["dropped"]["exact_duplicate"]["examples"] == ["docs.jsonl#2"]
+    assert [e["id"] for e in report["dropped"]["exact_duplicate"]["examples"]] == [f"{src}#2"]
     report = curate(
-        CurateSettings(sources=[str(src)], min_words=1, dedup=False),
+        CurateSettings(sources=[str(src)], min_words=1, steps=["normalize", "length"]),
         tmp_path / "out2",
         progress=False,
     )
@@ -77,7 +80,7 @@ def test_bad_records_are_counted_not_fatal(tmp_path):
     assert report["documents_out"] == 3
     assert report["dropped"]["empty"]["count"] == 1
     docs = list(iter_curated(tmp_path / "out"))
-    assert docs[0]["id"] == "a.jsonl#1" and docs[0]["meta"]["position"] == 1
+    assert docs[0]["id"] == f"{folder / 'a.jsonl'}#1" and docs[0]["meta"]["position"] == 1
     assert "\ufffd" in docs[1]["text"]
 
 
@@ -116,7 +119,9 @@ def test_shards_split_at_shard_docs(tmp_path):
         tmp_path / "out",
         progress=False,
     )
-    assert report["shards"] == ["docs_00000.jsonl", "docs_00001.jsonl", "docs_00002.jsonl"]
+    names = [s["file"] for s in report["shards"]]
+    assert names == ["docs_00000.jsonl.zst", "docs_00001.jsonl.zst", "docs_00002.jsonl.zst"]
+    assert [s["documents"] for s in report["shards"]] == [10, 10, report["documents_out"] - 20]
     assert len(list(iter_curated(tmp_path / "out"))) == report["documents_out"]
 
 

@@ -98,18 +98,18 @@ def test_stage_without_its_upstream_says_what_to_run(tmp_path):
 
 
 def test_crash_inside_a_stage_leaves_no_output_folder(tmp_path, monkeypatch):
-    import scratchlm.data.curate as curate_module
+    import scratchlm.data.steps as steps_module
 
     calls = {"n": 0}
-    real = curate_module.normalize
+    real = steps_module.normalize
 
-    def crash_after_ten(text):
+    def crash_after_ten(text, fix_mojibake):
         calls["n"] += 1
         if calls["n"] > 10:
             raise RuntimeError("simulated crash")
-        return real(text)
+        return real(text, fix_mojibake)
 
-    monkeypatch.setattr(curate_module, "normalize", crash_after_ten)
+    monkeypatch.setattr(steps_module, "normalize", crash_after_ten)
     ws = Workspace(tmp_path / "work", "tiny")
     with pytest.raises(RuntimeError, match="simulated crash"):
         run_pipeline(tiny_recipe(), ws, progress=False)

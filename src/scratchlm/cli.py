@@ -24,7 +24,8 @@ from scratchlm.errors import ScratchlmError, SettingsError, StageError
 STAGE_COMMANDS = {  # command -> (pipeline stage, one-line description)
     "curate": (
         "curate",
-        "Read sources, normalise, drop short and duplicate documents -> <work>/curated",
+        "Read sources, run the curate.steps (filters, language ID, quality, PII, dedup) -> "
+        "<work>/curated. `scratchlm curate train-quality --help`: train the quality classifier",
     ),
     "tokenizer train": (
         "tokenizer",
@@ -453,7 +454,50 @@ def cmd_train_tokenizer_on_files(args: argparse.Namespace, recipe: Recipe) -> No
     print(f"{out / 'tokenizer.json'}: vocab {summary['vocab_size']:,} in {summary['seconds']} s")
 
 
+def quality_parser() -> argparse.ArgumentParser:
+    desc = (
+        "Train the fastText quality classifier that curate.steps=[..., quality] uses: "
+        "examples of text to keep (--positive) and to drop (--negative), any source format"
+    )
+    p = argparse.ArgumentParser(prog="scratchlm curate train-quality", description=desc)
+    p.add_argument("--positive", nargs="+", required=True, metavar="SOURCE")
+    p.add_argument("--negative", nargs="+", required=True, metavar="SOURCE")
+    p.add_argument("--out", required=True, metavar="DIR", help="where quality.bin goes")
+    p.add_argument("--text-field", default="text", help="JSONL / Parquet field with the text")
+    p.add_argument("--held-out", type=float, default=0.1, help="share kept for the report")
+    p.add_argument("--epochs", type=int, default=10)
+    return p
+
+
+def cmd_train_quality(argv: list[str]) -> None:
+    from scratchlm.data.fasttext_models import train_quality
+    from scratchlm.data.sources import iter_documents
+
+    args = quality_parser().parse_args(argv)
+    if not 0 < args.held_out < 1:
+        raise SettingsError(f"--held-out {args.held_out}: expected a share between 0 and 1")
+    texts = lambda srcs: [d.text for d in iter_documents(srcs, args.text_field)]  # noqa: E731
+    report = train_quality(
+        texts(args.positive), texts(args.negative), args.out, args.held_out, args.epochs
+    )
+    print(
+        f"{report['model']}: held-out precision {report['precision']:.3f}, recall "
+        f"{report['recall']:.3f}, accuracy {report['accuracy']:.3f} on "
+        f"{report['examples']['held_out']} examples\n"
+        f"use it: --set 'curate.steps=[normalize, quality, exact_dedup]' "
+        f"--set curate.quality_model={report['model']}"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:2] == ["curate", "train-quality"]:  # a sub-command beside curate's recipe argument
+        try:
+            cmd_train_quality(argv[2:])
+            return 0
+        except ScratchlmError as e:
+            print(f"scratchlm: error: {e}", file=sys.stderr)
+            return 2
     args = build_parser().parse_args(argv)
     try:
         if args.command == "generate":

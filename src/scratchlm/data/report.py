@@ -1,0 +1,127 @@
+"""The curation report: report.json for programs, report.md for people, funnel.png for a glance."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from scratchlm.io import atomic_open, atomic_write_json, atomic_write_text
+
+
+def histogram(values: list[int]) -> dict[str, int]:
+    """Counts in power-of-two bins of words per document: "0", "1-1", "2-3", "4-7", ..."""
+    bins: dict[str, int] = {}
+    for v in values:
+        if v <= 0:
+            key = "0"
+        else:
+            lo = 1 << int(math.log2(v))
+            key = f"{lo}-{2 * lo - 1}"
+        bins[key] = bins.get(key, 0) + 1
+    return dict(sorted(bins.items(), key=lambda kv: int(kv[0].split("-")[0])))
+
+
+def write_reports(
+    run: Any, shards: list[dict[str, Any]], settings: Any, out: Path, seconds: float
+) -> dict[str, Any]:
+    acc = run.account
+    funnel = [
+        {
+            "step": step,
+            "documents_in": v[0],
+            "documents_out": v[1],
+            "chars_in": v[2],
+            "chars_out": v[3],
+        }
+        for step, v in acc.funnel.items()
+    ]
+    report = {
+        "documents_in": run.stats["documents_in"],
+        "documents_out": run.stats["documents_out"],
+        "chars_in": run.stats["chars_in"],
+        "chars_out": run.stats["chars_out"],
+        "steps": list(settings.steps),
+        "funnel": funnel,
+        "dropped": {
+            reason: {"count": n, "examples": acc.examples.get(reason, [])}
+            for reason, n in acc.drops.most_common()
+        },
+        "bad_input": dict(run.bad.most_common()),
+        "changes": dict(acc.counts.most_common()),
+        "languages": dict(acc.languages.most_common()),
+        "words_per_document": {k: histogram(v) for k, v in run.lengths.items()},
+        "near_duplicate_cluster_sizes": {str(k): n for k, n in sorted(run.clusters.items())},
+        "shards": shards,
+        "seconds": seconds,
+    }
+    atomic_write_json(out / "report.json", report)
+    atomic_write_text(out / "report.md", markdown(report))
+    plot_funnel(report, out / "funnel.png")
+    return report
+
+
+def markdown(r: dict[str, Any]) -> str:
+    pct = lambda a, b: f"{100 * a / b:.1f}%" if b else "-"  # noqa: E731
+    lines = [
+        "# Curation report",
+        "",
+        f"{r['documents_in']:,} documents in, {r['documents_out']:,} out "
+        f"({pct(r['documents_out'], r['documents_in'])}); {r['chars_in']:,} characters in, "
+        f"{r['chars_out']:,} out ({pct(r['chars_out'], r['chars_in'])}).",
+        "",
+        "## Funnel",
+        "",
+        "| step | documents in | out | kept | characters in | out |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for f in r["funnel"]:
+        lines.append(
+            f"| {f['step']} | {f['documents_in']:,} | {f['documents_out']:,} | "
+            f"{pct(f['documents_out'], f['documents_in'])} | {f['chars_in']:,} | {f['chars_out']:,} |"
+        )
+    lines += ["", "## Why documents were dropped", ""]
+    if not r["dropped"]:
+        lines.append("Nothing was dropped.")
+    for reason, d in r["dropped"].items():
+        lines.append(f"- **{reason}**: {d['count']:,}")
+        for ex in d["examples"]:
+            excerpt = " ".join(ex["text"].split())[:120]
+            extra = f" (duplicate of `{ex['duplicate_of']}`)" if "duplicate_of" in ex else ""
+            lines.append(f"  - `{ex['id']}`{extra}: {excerpt}")
+    for title, key in (
+        ("Bad input (skipped while reading)", "bad_input"),
+        ("Changes inside kept documents", "changes"),
+        ("Languages detected", "languages"),
+        ("Near-duplicate clusters (size: how many)", "near_duplicate_cluster_sizes"),
+    ):
+        if r[key]:
+            lines += ["", f"## {title}", ""] + [f"- {k}: {v:,}" for k, v in r[key].items()]
+    lines += ["", "## Words per document", "", "| words | in | out |", "| --- | ---: | ---: |"]
+    hist = r["words_per_document"]
+    for b in sorted(set(hist["in"]) | set(hist["out"]), key=lambda k: int(k.split("-")[0])):
+        lines.append(f"| {b} | {hist['in'].get(b, 0):,} | {hist['out'].get(b, 0):,} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_funnel(r: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = ["input"] + [f["step"] for f in r["funnel"]]
+    docs = [r["documents_in"]] + [f["documents_out"] for f in r["funnel"]]
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(names) + 1.2))
+    ax.barh(range(len(names)), docs, color="#4c72b0")
+    ax.set_yticks(range(len(names)), names)
+    ax.invert_yaxis()
+    for i, n in enumerate(docs):
+        ax.text(n, i, f" {n:,}", va="center")
+    ax.set_xlabel("documents remaining after each step")
+    ax.set_xlim(0, max(docs + [1]) * 1.2)
+    ax.set_title("curation funnel")
+    fig.tight_layout()
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=90)
+    plt.close(fig)
