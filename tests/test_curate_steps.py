@@ -479,3 +479,40 @@ def test_ray_executor_matches_local(tmp_path):
     on_ray = CurateSettings(sources=[str(src)], steps=FULL, workers=2, min_words=5, executor="ray")
     curate(on_ray, tmp_path / "ray", progress=False)
     assert list(iter_curated(tmp_path / "ray")) == list(iter_curated(tmp_path / "local"))
+
+
+def gopher_walk(words: list[str], n: int) -> int:
+    """Gopher's duplicate n-gram count written plainly (the reference the fast one must match)."""
+    seen, repeated, i = set(), 0, 0
+    while i < len(words) - n + 1:
+        gram = tuple(words[i : i + n])
+        if gram in seen:
+            repeated += sum(map(len, gram))
+            i += n
+        else:
+            seen.add(gram)
+            i += 1
+    return repeated
+
+
+def test_fast_repeated_ngram_walk_equals_the_plain_walk():
+    import numpy as np
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from scratchlm.data.filters import ngram_keys, repeated_ngram_chars
+
+    @settings(max_examples=400, deadline=None)
+    @given(
+        st.lists(st.sampled_from(["a", "bb", "c", "dd", "e"]), min_size=1, max_size=60),
+        st.integers(1, 7),
+    )
+    def check(words, n):
+        if len(words) < n:
+            return
+        index = {w: i for i, w in enumerate(dict.fromkeys(words))}
+        ids = np.array([index[w] for w in words], dtype=np.uint64)
+        prefix = np.concatenate([[0], np.cumsum([len(w) for w in words])])
+        assert (repeated_ngram_chars(ngram_keys(ids, n), n, prefix) or 0) == gopher_walk(words, n)
+
+    check()

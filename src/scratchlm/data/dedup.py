@@ -61,8 +61,10 @@ class MinHasher:
 
     def shingles(self, text: str) -> list[str]:
         words = text.lower().split()
-        n = min(self.ngram, len(words)) or 1
-        return [" ".join(words[i : i + n]) for i in range(max(len(words) - n + 1, 1))]
+        n = min(self.ngram, len(words))
+        if n <= 1:
+            return words or [""]
+        return list(map(" ".join, zip(*(words[i:] for i in range(n)), strict=False)))
 
     def signature(self, text: str) -> np.ndarray:
         from rensa import RMinHash

@@ -12,20 +12,21 @@ checked against a well-known reference (bench/curate.py measures the agreement):
     fineweb     Penedo et al. 2024: punctuated lines, short lines, duplicated lines, lists
 
 Words are split the way spaCy splits English closely enough to agree on decisions: a URL, a
-run of letters / digits (with inner apostrophes), or a single punctuation mark. As in datatrove,
-punctuation marks count as words in the ratios that divide by the number of words.
+run of letters / digits (with inner apostrophes), an ellipsis, or a single punctuation mark. As
+in datatrove, punctuation marks count as words in the symbol ratios; unlike datatrove, the
+alphabetic-word ratio counts real words only (see `gopher`).
 """
 
 from __future__ import annotations
 
+import bisect
 import re
-from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-import regex
+import numpy as np
 
-WORD = regex.compile(r"https?://\S+|www\.\S+|\w+(?:['’]\w+)*|\.{2,}|[^\w\s]", regex.V1)
+WORD = re.compile(r"https?://\S+|www\.\S+|\w+(?:['’]\w+)*|\.{2,}|[^\w\s]")
 STOP_WORDS = frozenset(["the", "be", "to", "of", "and", "that", "have", "with"])
 # datatrove's PUNCTUATION: ASCII and common CJK / typographic marks, and control characters
 PUNCTUATION = frozenset(
@@ -45,7 +46,8 @@ def words_of(text: str) -> list[str]:
 def gopher(text: str, s: Any, words: list[str] | None = None) -> str | None:
     words = words if words is not None else words_of(text)
     n_words = len(words)
-    real = [w for w in words if any(ch not in PUNCTUATION for ch in w)]
+    # a token is a symbol when it is one punctuation mark or an ellipsis (see WORD)
+    real = [w for w in words if w not in PUNCTUATION and not w.startswith("..")]
     if s.gopher_min_words and len(real) < s.gopher_min_words:
         return "gopher_short_doc"
     if s.gopher_max_words and len(real) > s.gopher_max_words:
@@ -69,8 +71,10 @@ def gopher(text: str, s: Any, words: list[str] | None = None) -> str | None:
     trailing = sum(line.rstrip().endswith(("...", "…")) for line in lines)
     if s.max_ellipsis_lines_ratio and trailing / len(lines) > s.max_ellipsis_lines_ratio:
         return "gopher_too_many_end_ellipses"
-    alpha = sum(any(c.isalpha() for c in w) for w in words)
-    if s.min_alpha_words_ratio and alpha / n_words < s.min_alpha_words_ratio:
+    # Over real words only: datatrove divides by all tokens, punctuation marks included, which
+    # drops much ordinary prose (a deliberate difference, measured in bench/curate.py)
+    alpha = sum(1 for w in real if w.isalpha() or any(c.isalpha() for c in w))
+    if s.min_alpha_words_ratio and alpha / max(len(real), 1) < s.min_alpha_words_ratio:
         return "gopher_too_few_alpha_words"
     if s.min_stop_words and len(STOP_WORDS.intersection(words)) < s.min_stop_words:
         return "gopher_too_few_stop_words"
@@ -93,10 +97,6 @@ def _duplicates(items: Sequence[str]) -> tuple[int, int]:
     return count, chars
 
 
-def _ngrams(ids: list[int], n: int) -> list[tuple[int, ...]]:
-    return list(zip(*(ids[i:] for i in range(n)), strict=False))  # the shorter tails end it
-
-
 _PARAGRAPHS = re.compile(r"\n{2,}")
 _LINES = re.compile(r"\n+")
 
@@ -117,37 +117,71 @@ def repetition(text: str, s: Any, words: list[str] | None = None) -> str | None:
     if s.max_dup_line_char_frac and chars / len(text) > s.max_dup_line_char_frac:
         return "dup_line_char_frac"
     words = words if words is not None else words_of(text)
-    # n-grams as tuples of small ints: hashing them is far cheaper than joining strings
-    index: dict[str, int] = {}
-    ids = [index.setdefault(w, len(index)) for w in words]
-    vocab = list(index)  # id -> word (a dict keeps insertion order)
-    lengths = [len(w) for w in words]
+    if len(words) < 2:
+        return None
+    # Each word becomes an id and each n-gram one 64-bit number (a polynomial hash of its ids;
+    # a collision among a document's n-grams has probability ~1e-12), so counting and finding
+    # repeats are numpy sorts instead of Python loops over tuples.
+    index = {w: i for i, w in enumerate(dict.fromkeys(words))}
+    ids = np.fromiter(map(index.__getitem__, words), np.uint64, len(words))
+    prefix = np.concatenate([[0], np.cumsum([len(w) for w in words])])
     for n, limit in enumerate(s.max_top_ngram_frac, start=2):
-        if len(ids) < n:
+        if len(words) < n:
             break
-        gram, count = Counter(_ngrams(ids, n)).most_common(1)[0]
-        top_chars = sum(len(vocab[g]) for g in gram) + n - 1  # the words joined with spaces
-        if top_chars * count / len(text) > limit:
+        _, first, counts = np.unique(ngram_keys(ids, n), return_index=True, return_counts=True)
+        top = counts.max()
+        at = first[counts == top].min()  # ties: the n-gram seen first, as Counter.most_common
+        if (prefix[at + n] - prefix[at] + n - 1) * top / len(text) > limit:
             return f"top_{n}_gram"
-    prefix = [0]
-    for length in lengths:
-        prefix.append(prefix[-1] + length)
     for n, limit in enumerate(s.max_dup_ngram_frac, start=5):
-        grams = _ngrams(ids, n)
-        if len(set(grams)) == len(grams):
+        if len(words) < n:
+            break
+        repeated = repeated_ngram_chars(ngram_keys(ids, n), n, prefix)
+        if repeated is None:
             break  # no repeated n-gram, so no repeated longer one either
-        seen: set[tuple[int, ...]] = set()
-        repeated, i = 0, 0
-        while i < len(grams):
-            if grams[i] in seen:  # count it, then skip past it (non-overlapping, as Gopher)
-                repeated += prefix[i + n] - prefix[i]
-                i += n
-            else:
-                seen.add(grams[i])
-                i += 1
         if repeated / len(text) > limit:
             return f"duplicated_{n}_n_grams"
     return None
+
+
+def ngram_keys(ids: np.ndarray, n: int) -> np.ndarray:
+    """One number per n-gram of word ids (uint64 arithmetic wraps: a hash, not a packing)."""
+    keys = ids[: len(ids) - n + 1].copy()
+    for j in range(1, n):
+        keys = keys * np.uint64(1_000_003) + ids[j : len(ids) - n + 1 + j]
+    return keys
+
+
+def repeated_ngram_chars(keys: np.ndarray, n: int, prefix: np.ndarray) -> int | None:
+    """Characters in repeated n-grams, counted as Gopher does: walk the n-grams; one seen
+    before counts its characters and the walk jumps past it (so overlaps count once); any
+    other is remembered. None when no n-gram repeats at all.
+
+    Exactly that walk, but only the repeats are visited one by one: everything between two
+    repeats is a first occurrence, remembered unless a jump skipped it.
+    """
+    _, first_index, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    first = first_index[inverse]  # where each position's n-gram first occurs
+    repeats = np.flatnonzero(first != np.arange(len(keys)))
+    if not len(repeats):
+        return None
+    jumps: list[int] = []  # start of each skipped window [p + 1, p + n)
+    added_later: set[int] = set()  # n-grams remembered at a repeat, their first was skipped
+    repeated, walk = 0, 0
+    for p in repeats.tolist():
+        if p < walk:
+            continue  # inside a jump
+        f = int(first[p])
+        k = bisect.bisect_right(jumps, f) - 1
+        first_skipped = k >= 0 and f < jumps[k] + n - 1
+        if not first_skipped or int(keys[p]) in added_later:
+            repeated += int(prefix[p + n] - prefix[p])
+            jumps.append(p + 1)
+            walk = p + n
+        else:
+            added_later.add(int(keys[p]))
+            walk = p + 1
+    return repeated
 
 
 # --------------------------------------------------------------------------- C4
@@ -162,22 +196,22 @@ _POLICY = (
     "use of cookies",
     "use cookies",
 )
-_SENTENCE_END = re.compile(r"[.!?]+[\"')\]]*(?=\s+\S)")
+_SENTENCE_END = re.compile(r"[.!?]+[\"')\]]*(?=[ \t]+\S)")  # inside a line
 
 
-def count_sentences(line: str) -> int:
-    return len(_SENTENCE_END.findall(line)) + 1 if line.strip() else 0
+def count_sentences(lines: list[str]) -> int:
+    """Sentences in non-empty lines: each line is one, plus one per sentence end inside it."""
+    return len(_SENTENCE_END.findall("\n".join(lines))) + sum(1 for line in lines if line)
 
 
 def c4(text: str, s: Any) -> tuple[str, str | None]:
     """The text with the C4 line rules applied, and a reason when the document goes."""
     rules = set(s.c4_rules)
-    sentences = 0
     kept = []
     for line in text.splitlines():
         line = line.strip()
         words = line.split()
-        if any(len(w) > s.c4_max_word_length for w in words):
+        if len(line) > s.c4_max_word_length and max(map(len, words)) > s.c4_max_word_length:
             continue
         if "citations" in rules:
             line = _CITATION.sub("", line)
@@ -194,9 +228,8 @@ def c4(text: str, s: Any) -> tuple[str, str | None]:
             return text, "c4_curly_bracket"
         if "policy" in rules and any(p in lower for p in _POLICY):
             continue
-        sentences += count_sentences(line)
         kept.append(line)
-    if sentences < s.c4_min_sentences:
+    if count_sentences(kept) < s.c4_min_sentences:
         return text, "c4_too_few_sentences"
     return "\n".join(kept).strip(), None
 

@@ -88,6 +88,13 @@ class DocumentSteps:
             self.quality = QualityModel(s.quality_model)
         if "badwords" in self.steps:
             self.badwords = load_badwords(s)
+        self._words: tuple[str | None, list[str]] = (None, [])
+
+    def words(self, text: str) -> list[str]:
+        """The text's words, split once for all the steps that read them (until one changes it)."""
+        if self._words[0] is not text:
+            self._words = (text, filters.words_of(text))
+        return self._words[1]
 
     def __call__(self, docs: list[Document]) -> ChunkResult:
         result = ChunkResult(seen=len(docs))
@@ -131,9 +138,9 @@ class DocumentSteps:
         if step == "length":
             return text, filters.length(text, s)
         if step == "gopher":
-            return text, filters.gopher(text, s)
+            return text, filters.gopher(text, s, self.words(text))
         if step == "repetition":
-            return text, filters.repetition(text, s)
+            return text, filters.repetition(text, s, self.words(text))
         if step == "c4":
             before = text.count("\n") + 1
             text, reason = filters.c4(text, s)
@@ -141,7 +148,7 @@ class DocumentSteps:
                 result.counts["c4_lines_removed"] += before - (text.count("\n") + 1)
             return text, reason
         if step == "fineweb":
-            return text, filters.fineweb(text, s)
+            return text, filters.fineweb(text, s, self.words(text))
         if step == "badwords":
             return text, filters.badwords(text, *self.badwords)
         if step == "language":
