@@ -280,7 +280,14 @@ def _shell_quote(text: str) -> str:
 
 def cmd_run(args: argparse.Namespace, recipe: Recipe) -> None:
     from scratchlm.pipeline import Workspace, run_pipeline
+    from scratchlm.train.distributed import launched
 
+    if launched():  # every rank would curate and tokenize into the same folders at once
+        raise SettingsError(
+            "scratchlm run under torchrun: run the stages before pretraining once (`scratchlm "
+            "run --set pretrain.max_steps=...` or `scratchlm tokenize`), then `torchrun ... -m "
+            "scratchlm pretrain`"
+        )
     ws = Workspace.for_recipe(recipe, args.work)
     print(f"scratchlm run {recipe.name}: work folder {ws.root}", flush=True)
     results = run_pipeline(
