@@ -52,42 +52,37 @@ def work(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("dist")
     recipe_path = root / "recipe.yaml"
     recipe_path.write_text(yaml.safe_dump(tiny_recipe_dict(pretrain=PRETRAIN, model=MODEL)))
-    from scratchlm.config import load_recipe
-
-    recipe = load_recipe(str(recipe_path), [])
     ws = Workspace(root / "work", "tiny")
     for stage in ("curate", "tokenizer", "tokenize"):
-        run_stage(stage, recipe, ws, progress=False)
-    result = launch(root, 1, "single")
-    assert result.returncode == 0, result.stdout + result.stderr
+        run_stage(stage, one_process_recipe(root, "single"), ws, progress=False)
+    run_in_process(root, "single")
     return root
+
+
+def one_process_recipe(root: Path, name: str, *sets: str):
+    from scratchlm.config import load_recipe
+
+    return load_recipe(str(root / "recipe.yaml"), [f"pretrain.name={name}", *sets])
+
+
+def run_in_process(root: Path, name: str, *sets: str) -> None:
+    """One process, no launcher: in this process (saves a torch start-up per run)."""
+    recipe = one_process_recipe(root, name, *sets)
+    run_stage("pretrain", recipe, Workspace.for_recipe(recipe, root / "work"), progress=False)
 
 
 def launch(
     root: Path, nproc: int, name: str, *sets: str, script: str | None = None, extra=()
 ) -> subprocess.CompletedProcess:
-    """`scratchlm pretrain` on `nproc` processes through torchrun (or plainly for 1)."""
+    """`scratchlm pretrain` (or `script`) on `nproc` processes through torchrun."""
     args = ["pretrain", str(root / "recipe.yaml"), "--work", str(root / "work"), "-q"]
     args += ["--set", f"pretrain.name={name}"]
     for s in sets:
         args += ["--set", s]
     target = [script] if script else ["-m", "scratchlm"]
-    cmd = [sys.executable, *target, *args]
-    if nproc > 1:
-        cmd = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            str(nproc),
-            "--master-addr",
-            "127.0.0.1",
-            "--master-port",
-            str(free_port()),
-            *extra,
-            *target,
-            *args,
-        ]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc)]
+    cmd += ["--master-addr", "127.0.0.1", "--master-port", str(free_port()), *extra]
+    cmd += [*target, *args]
     env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent)}
     # The timeout turns a hang into a failure; it is not a speed requirement.
     return subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
@@ -157,8 +152,7 @@ def test_checkpoints_reshard_between_world_sizes(work):
         )
     resumed_copy(work, "fsdp", "two-to-one")
     assert (run_dir(work, "two-to-one") / "checkpoints" / "step_000005" / "sharded").is_dir()
-    result = launch(work, 1, "two-to-one", "pretrain.resume=auto")
-    assert result.returncode == 0, result.stdout + result.stderr
+    run_in_process(work, "two-to-one", "pretrain.resume=auto")
     # 1 -> 2: a single-file checkpoint, resumed by two fsdp ranks.
     resumed_copy(work, "single", "one-to-two")
     result = launch(
