@@ -240,3 +240,36 @@ def test_impossible_layouts_are_refused_before_any_work():
             ParallelSettings(strategy="fsdp"), ModelConfig(), PretrainSettings(optimizer="muon"), 2
         )
     check_settings(ParallelSettings(strategy="tp", tp_size=0), cfg, s, world=1)  # one process: fine
+
+
+def test_sigterm_to_torchrun_stops_every_rank_at_the_same_step_with_a_checkpoint(work):
+    """torchrun passes SIGTERM (a preemption) to every rank; they agree on one step (the flag
+    travels with the loss all-reduce), save one sharded checkpoint together and stop."""
+    import signal
+    import time
+
+    args = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    args += ["--master-addr", "127.0.0.1", "--master-port", str(free_port())]
+    args += ["-m", "scratchlm", "pretrain", str(work / "recipe.yaml"), "--work", str(work / "work")]
+    args += ["-q", "--set", "pretrain.name=sigterm", "--set", "pretrain.max_steps=400"]
+    args += ["--set", "pretrain.grad_accum=2", "--set", "pretrain.eval_every=100"]
+    proc = subprocess.Popen(
+        args,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=os.environ | {"OMP_NUM_THREADS": "1"},
+    )
+    metrics = run_dir(work, "sigterm") / "metrics.jsonl"
+    deadline = time.monotonic() + 120  # a guard against a hang, not a speed requirement
+    while time.monotonic() < deadline and proc.poll() is None:
+        if metrics.is_file() and metrics.read_text().count('"loss"') >= 3:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    saved = [line for line in err.splitlines() if "interrupted by SIGTERM: saved step" in line]
+    assert len(saved) == 2 and saved[0] == saved[1], err[-3000:]  # both ranks, the same step
+    step = int(saved[0].split("saved step ")[1].split(";")[0])
+    assert (run_dir(work, "sigterm") / "checkpoints" / f"step_{step:06d}" / "sharded").is_dir()
