@@ -239,6 +239,8 @@ def test_impossible_layouts_are_refused_before_any_work():
         check_settings(
             ParallelSettings(strategy="fsdp"), ModelConfig(), PretrainSettings(optimizer="muon"), 2
         )
+    with pytest.raises(SettingsError, match="parallel.cpu_offload=true"):
+        check_settings(ParallelSettings(strategy="fsdp", cpu_offload=True), ModelConfig(), s, 2)
     check_settings(ParallelSettings(strategy="tp", tp_size=0), cfg, s, world=1)  # one process: fine
 
 

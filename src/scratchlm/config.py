@@ -257,7 +257,7 @@ class ParallelSettings:
         2, "tp / fsdp+tp: processes per tensor-parallel group (tp: 0 = all)", min=0
     )
     cpu_offload: bool = setting(
-        False, "fsdp: keep sharded parameters and optimizer state in CPU memory"
+        False, "fsdp on GPUs: keep sharded parameters and optimizer state in CPU memory"
     )
     mixed_precision: bool = setting(
         True, "fsdp on CUDA: bf16 parameters in compute, fp32 gradient reduction"

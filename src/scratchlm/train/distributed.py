@@ -69,10 +69,19 @@ def tp_degree(p: ParallelSettings, world: int) -> int:
     return p.tp_size if p.strategy == "fsdp+tp" else 1
 
 
-def check_settings(p: ParallelSettings, cfg: ModelConfig, s: PretrainSettings, world: int) -> None:
+def check_settings(
+    p: ParallelSettings, cfg: ModelConfig, s: PretrainSettings, world: int, device: str = "cpu"
+) -> None:
     """Refuse a layout that cannot work, before any process group or model exists."""
     if world <= 1:
         return
+    if p.cpu_offload and (p.strategy not in ("fsdp", "fsdp+tp") or device == "cpu"):
+        # FSDP2's CPUOffloadPolicy moves shards to the accelerator for compute; without one,
+        # fully_shard fails ("Cannot access accelerator device when none is available").
+        raise SettingsError(
+            f"parallel.cpu_offload=true needs strategy fsdp or fsdp+tp on a GPU "
+            f"(here: {p.strategy} on {device}); on CPU the shards are in CPU memory already"
+        )
     tp = tp_degree(p, world)
     if p.strategy == "tp" and tp != world:
         raise SettingsError(

@@ -135,11 +135,12 @@ class Trainer:
         self.s = s = recipe.pretrain
         main = distributed.is_main_process()
         world = int(os.environ.get("WORLD_SIZE", "1")) if distributed.launched() else 1
-        distributed.check_settings(recipe.parallel, recipe.model, s, world)  # before any write
+        device = resolve_device(s.device)  # parallel settings are checked before any write
+        distributed.check_settings(recipe.parallel, recipe.model, s, world, device.type)
         self.run_dir, self.progress = run_dir, progress and main
         self.recipe = recipe = prepare_run(recipe, tokens_dir, tokenizer_path, run_dir, main)
         self.cfg = cfg = recipe.model
-        self.dist, self.device = distributed.setup(recipe.parallel, resolve_device(s.device))
+        self.dist, self.device = distributed.setup(recipe.parallel, device)
         set_threads(s.threads)
         self._check_loggers()
         meta = load_meta(tokens_dir)
