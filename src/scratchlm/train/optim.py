@@ -117,11 +117,9 @@ def _split_sharded(groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
     out = []
     for g in groups:
-        sharded = [p for p in g["params"] if isinstance(p, DTensor)]
         plain = [p for p in g["params"] if not isinstance(p, DTensor)]
-        out += [g | {"params": plain}] + ([g | {"params": sharded}] if sharded and plain else [])
-        if sharded and not plain:
-            out[-1] = g
+        sharded = [p for p in g["params"] if isinstance(p, DTensor)]
+        out += [g | {"params": part} for part in (plain, sharded) if part]
     return out
 
 
@@ -138,7 +136,7 @@ def make_optimizer(model: torch.nn.Module, s: PretrainSettings, device: torch.de
         {"params": [p for _, p in params if p.dim() >= 2], "weight_decay": s.weight_decay},
         {"params": [p for _, p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
-    adamw = torch.optim.AdamW([g for g in _split_sharded(groups) if g["params"]], **adam_kwargs)
+    adamw = torch.optim.AdamW(_split_sharded(groups), **adam_kwargs)
     return Optimizers([muon, adamw] if s.optimizer == "muon" else [adamw])
 
 
