@@ -181,7 +181,8 @@ class Trainer:
             load_full_optimizer_state(self.model, self.optimizer.optimizers, full_optim)
         if s.compile:
             self.forward = torch.compile(self.forward)
-        self.peak = peak_flops(self.device, s.peak_flops)
+        # Tokens/s counts every rank's tokens, so MFU divides by every rank's peak.
+        self.peak = peak_flops(self.device, s.peak_flops) * self.dist.world
         self.flops_per_token = self.model.flops_per_token()  # fixed for the run: not per step
         self.step, self.best_val, self.skipped = 0, math.inf, 0
         self.history: dict[str, list[tuple[int, float]]] = {"train": [], "val": []}
