@@ -6,6 +6,7 @@ Thin on purpose: parse arguments, load and validate the recipe, call the stage, 
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -280,7 +281,14 @@ def _shell_quote(text: str) -> str:
 
 def cmd_run(args: argparse.Namespace, recipe: Recipe) -> None:
     from scratchlm.pipeline import Workspace, run_pipeline
+    from scratchlm.train.distributed import launched
 
+    if launched():  # every rank would curate and tokenize into the same folders at once
+        raise SettingsError(
+            "scratchlm run under torchrun: run the stages before pretraining once (`scratchlm "
+            "run --set pretrain.max_steps=...` or `scratchlm tokenize`), then `torchrun ... -m "
+            "scratchlm pretrain`"
+        )
     ws = Workspace.for_recipe(recipe, args.work)
     print(f"scratchlm run {recipe.name}: work folder {ws.root}", flush=True)
     results = run_pipeline(
@@ -317,10 +325,12 @@ def cmd_run(args: argparse.Namespace, recipe: Recipe) -> None:
 
 def cmd_stage(stage: str, args: argparse.Namespace, recipe: Recipe) -> None:
     from scratchlm.pipeline import Workspace, run_stage
+    from scratchlm.train.distributed import is_main_process
 
     ws = Workspace.for_recipe(recipe, args.work)
     result = run_stage(stage, recipe, ws, force=True, progress=not args.quiet)
-    _print_result(result)
+    if is_main_process():  # under torchrun, one summary line, not one per rank
+        _print_result(result)
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
@@ -532,8 +542,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "tokenizer" and args.tokenizer_command != "train":
             cmd_tokenizer(args)
             return 0
+        # torchrun --max-restarts starts the workers again after a failure: they resume.
+        restarted = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0"
         overrides = args.overrides + (
-            ["pretrain.resume=auto"] if getattr(args, "resume", False) else []
+            ["pretrain.resume=auto"] if getattr(args, "resume", False) or restarted else []
         )
         recipe = load_recipe(args.recipe, overrides)  # validates everything before any work
         if args.command == "run":

@@ -389,6 +389,30 @@ class PretrainSettings:
 
 
 @dataclass
+class ParallelSettings:
+    """How `scratchlm pretrain` spreads over the processes torchrun starts (ignored without it)."""
+
+    strategy: Literal["ddp", "fsdp", "tp", "fsdp+tp"] = setting(
+        "ddp",
+        "ddp: replicas + gradient all-reduce; fsdp: sharded parameters (FSDP2); "
+        "tp: tensor parallel; fsdp+tp: both on a 2-D mesh",
+    )
+    tp_size: int = setting(
+        2, "tp / fsdp+tp: processes per tensor-parallel group (tp: 0 = all)", min=0
+    )
+    cpu_offload: bool = setting(
+        False, "fsdp on GPUs: keep sharded parameters and optimizer state in CPU memory"
+    )
+    mixed_precision: bool = setting(
+        True, "fsdp on CUDA: bf16 parameters in compute, fp32 gradient reduction"
+    )
+    backend: Literal["auto", "nccl", "gloo"] = setting("auto", "auto: nccl on CUDA, gloo on CPU")
+    timeout: float = setting(
+        600.0, "seconds a collective waits for the other ranks before the job stops", min=1.0
+    )
+
+
+@dataclass
 class FinetuneSettings:
     task: Literal["sft", "classify", "dpo"] = setting(
         "sft", "instruction tuning, a classification head, or preference tuning"
@@ -452,6 +476,7 @@ class Recipe:
     tokenize: TokenizeSettings = field(default_factory=TokenizeSettings)
     model: ModelConfig = field(default_factory=ModelConfig)
     pretrain: PretrainSettings = field(default_factory=PretrainSettings)
+    parallel: ParallelSettings = field(default_factory=ParallelSettings)
     finetune: FinetuneSettings = field(default_factory=FinetuneSettings)
     generate: GenerateSettings = field(default_factory=GenerateSettings)
 

@@ -250,12 +250,16 @@ def run_stage(
         {sec: dataclasses.asdict(getattr(recipe, sec)) for sec in SECTIONS[stage]}, sort_keys=False
     )
     if stage == "pretrain":
+        from scratchlm.train.distributed import is_main_process
+
         # A run folder is trained in place (checkpoints appear as it goes). An earlier attempt
         # is discarded so the new run starts clean, unless asked to resume from it.
-        if recipe.pretrain.resume != "auto":
+        if recipe.pretrain.resume != "auto" and is_main_process():
             shutil.rmtree(out, ignore_errors=True)
         out.mkdir(parents=True, exist_ok=True)
         summary = RUNNERS[stage](recipe, ws, out, progress)
+        if not is_main_process():  # under torchrun: rank 0 alone writes the manifest
+            return StageResult(stage, True, round(time.time() - start, 2), out, summary)
         (out / "settings.yaml").write_text(settings_yaml)
     elif stage == "finetune":  # builds its run folder atomically itself
         summary = RUNNERS[stage](recipe, ws, out, progress)

@@ -34,6 +34,7 @@ from scratchlm.io import atomic_write_json, atomic_write_text
 from scratchlm.model.gpt import GPT
 from scratchlm.tokenizer.shards import load_meta
 from scratchlm.tokenizer.tokenizer import load_tokenizer
+from scratchlm.train import distributed
 from scratchlm.train.checkpoint import latest_checkpoint, load_weights, save_checkpoint
 from scratchlm.train.data import TokenData
 from scratchlm.train.mfu import peak_flops
@@ -71,7 +72,9 @@ def apply_activation_checkpointing(model: GPT) -> None:
         block.forward = partial(checkpoint, type(block).forward, block, use_reentrant=False)
 
 
-def prepare_run(recipe: Recipe, tokens_dir: Path, tokenizer_path: Path, run_dir: Path) -> Recipe:
+def prepare_run(
+    recipe: Recipe, tokens_dir: Path, tokenizer_path: Path, run_dir: Path, write: bool = True
+) -> Recipe:
     """Fill in the vocab size from the tokens; check that a run being resumed has the same
     model; then write config.yaml and the tokenizer copy (nothing is written if a check fails)."""
     meta = load_meta(tokens_dir)
@@ -97,9 +100,10 @@ def prepare_run(recipe: Recipe, tokens_dir: Path, tokenizer_path: Path, run_dir:
             raise StageError(
                 f"{ckpt} holds weights only (an imported model?), no training state to resume"
             )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "config.yaml", recipe.to_yaml())
-    shutil.copyfile(tokenizer_path, run_dir / "tokenizer.json")
+    if write:  # on several processes, rank 0 alone writes
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / "config.yaml", recipe.to_yaml())
+        shutil.copyfile(tokenizer_path, run_dir / "tokenizer.json")
     return recipe
 
 
@@ -129,15 +133,26 @@ class Trainer:
         progress: bool = True,
     ):
         self.s = s = recipe.pretrain
-        self.run_dir, self.progress = run_dir, progress
-        self.recipe = recipe = prepare_run(recipe, tokens_dir, tokenizer_path, run_dir)
+        main = distributed.is_main_process()
+        world = int(os.environ.get("WORLD_SIZE", "1")) if distributed.launched() else 1
+        device = resolve_device(s.device)  # parallel settings are checked before any write
+        distributed.check_settings(recipe.parallel, recipe.model, s, world, device.type)
+        self.run_dir, self.progress = run_dir, progress and main
+        self.recipe = recipe = prepare_run(recipe, tokens_dir, tokenizer_path, run_dir, main)
         self.cfg = cfg = recipe.model
-        self.device = resolve_device(s.device)
+        self.dist, self.device = distributed.setup(recipe.parallel, device)
         set_threads(s.threads)
         self._check_loggers()
         meta = load_meta(tokens_dir)
         self.train_data = TokenData(
-            tokens_dir, "train", meta["files"]["train"], meta["dtype"], cfg.block_size, s.seed
+            tokens_dir,
+            "train",
+            meta["files"]["train"],
+            meta["dtype"],
+            cfg.block_size,
+            s.seed,
+            self.dist.dp_rank,
+            self.dist.dp_world,
         )
         self.val_split = "val" if meta["files"]["val"] else "train"
         val = TokenData(
@@ -149,26 +164,36 @@ class Trainer:
             s.seed,
         )
         self.val_batches = val.fixed_batches(s.eval_batches, s.batch_size)
-        self.grad_accum = grad_accum_steps(s, cfg.block_size)
-        self.tokens_per_step = s.batch_size * self.grad_accum * cfg.block_size
+        self.grad_accum = grad_accum_steps(s, cfg.block_size, self.dist.dp_world)
+        self.tokens_per_step = s.batch_size * self.grad_accum * cfg.block_size * self.dist.dp_world
 
         torch.manual_seed(s.seed)
         self.model = GPT(cfg).to(self.device)
-        self.optimizer = make_optimizer(self.model, s, self.device)
-        self.forward = self.model
+        resuming = s.resume == "auto" and list((run_dir / "checkpoints").glob("step_*[0-9]"))
+        full_optim = self._load_full_state() if resuming and self.dist.enabled else None
         if s.activation_checkpointing:
             apply_activation_checkpointing(self.model)
+        self.forward = distributed.parallelize(self.model, self.dist, recipe.parallel, self.device)
+        self.optimizer = make_optimizer(self.model, s, self.device)
+        if full_optim is not None:
+            from scratchlm.train.sharded_checkpoint import load_full_optimizer_state
+
+            load_full_optimizer_state(self.model, self.optimizer.optimizers, full_optim)
         if s.compile:
-            self.forward = torch.compile(self.model)
-        self.peak = peak_flops(self.device, s.peak_flops)
+            self.forward = torch.compile(self.forward)
+        # Tokens/s counts every rank's tokens, so MFU divides by every rank's peak.
+        self.peak = peak_flops(self.device, s.peak_flops) * self.dist.world
         self.flops_per_token = self.model.flops_per_token()  # fixed for the run: not per step
         self.step, self.best_val, self.skipped = 0, math.inf, 0
         self.history: dict[str, list[tuple[int, float]]] = {"train": [], "val": []}
-        if s.resume == "auto" and list((run_dir / "checkpoints").glob("step_*[0-9]")):
+        if resuming:
             self._resume()
-        else:
+        elif self.dist.main:
             (run_dir / "metrics.jsonl").write_text("")
+        distributed.barrier(self.dist)  # rank 0 has written config.yaml and the log
         self.stop_signal: str | None = None
+        self.deadline = math.inf  # when time_limit runs out (time.time())
+        self.agreed_stop: tuple[str | None, bool] = (None, False)  # (signal, out of time)
         self.external: Any = None  # the TensorBoard / W&B writer while running
         self._metrics: Any = None  # metrics.jsonl, open while running
         self._tokenizer: Any = None  # loaded on the first text sample
@@ -176,10 +201,16 @@ class Trainer:
     # ------------------------------------------------------------------ resume and save
 
     def _resume(self) -> None:
+        from scratchlm.train.sharded_checkpoint import is_sharded, load_sharded
+
         ckpt = latest_checkpoint(self.run_dir)  # its model and state were checked by prepare_run
-        load_weights(self.model, ckpt)
         state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=True)
-        self.optimizer.load_state_dict(state["optimizer"])
+        if is_sharded(ckpt):
+            strategy = self.dist.strategy
+            load_sharded(ckpt, self.model, self.optimizer.optimizers, strategy)
+        elif not self.dist.enabled:  # on several processes: done by _load_full_state
+            load_weights(self.model, ckpt)
+            self.optimizer.load_state_dict(state["optimizer"])
         self.train_data.load_state_dict(state["data"])
         torch.set_rng_state(state["rng"]["torch"])
         if self.device.type == "cuda" and state["rng"].get("cuda") is not None:
@@ -196,9 +227,10 @@ class Trainer:
             if line
         ]
         records = [r for r in records if r["step"] <= self.step]
-        atomic_write_text(
-            self.run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in records)
-        )
+        if self.dist.main:
+            atomic_write_text(
+                self.run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in records)
+            )
         for r in records:
             if "loss" in r:
                 self.history["train"].append((r["step"], r["loss"]))
@@ -207,9 +239,29 @@ class Trainer:
                 self.best_val = min(self.best_val, r["val_loss"])  # saved before its own eval
         self._log_line(f"resumed from {ckpt} at step {self.step}")
 
+    def _load_full_state(self) -> dict[str, Any] | None:
+        """Resuming a single-process checkpoint on several processes: whole weights into the
+        model before it is split, and the optimizer state in the name-keyed full form."""
+        from scratchlm.train.sharded_checkpoint import full_optimizer_state, is_sharded
+
+        ckpt = latest_checkpoint(self.run_dir)
+        if is_sharded(ckpt):
+            return None
+        if self.dist.strategy in ("tp", "fsdp+tp"):
+            raise StageError(
+                f"{ckpt} is a single-process checkpoint; tp and fsdp+tp resume only their own "
+                "(sharded) checkpoints: resume it with parallel.strategy ddp or fsdp"
+            )
+        load_weights(self.model, ckpt)
+        state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=True)
+        return full_optimizer_state(
+            self.model,
+            make_optimizer(self.model, self.s, self.device).optimizers,
+            state["optimizer"],
+        )
+
     def save(self, val_loss: float | None = None) -> Path:
         state = {
-            "optimizer": self.optimizer.state_dict(),
             "step": self.step,
             "data": self.train_data.state_dict(),
             "rng": {
@@ -224,12 +276,29 @@ class Trainer:
             "model": dataclasses.asdict(self.cfg),
             "pretrain": dataclasses.asdict(self.s),
         }
-        path = save_checkpoint(self.run_dir, self.step, self.model, state, meta)
+        if self.dist.enabled:
+            from scratchlm.train.sharded_checkpoint import save_sharded
+
+            meta["parallel"] = {"strategy": self.dist.strategy, "world": self.dist.world}
+            path = save_sharded(
+                self.dist,
+                self.run_dir,
+                self.step,
+                self.model,
+                self.optimizer.optimizers,
+                state,
+                meta,
+            )
+        else:
+            state["optimizer"] = self.optimizer.state_dict()
+            path = save_checkpoint(self.run_dir, self.step, self.model, state, meta)
         self._prune_checkpoints()
         return path
 
     def _prune_checkpoints(self) -> None:
         """Keep the last `keep_last` checkpoints and the one with the best validation loss."""
+        if not self.dist.main:
+            return
         ckpts = sorted((self.run_dir / "checkpoints").glob("step_*[0-9]"))
         best, best_loss = None, math.inf
         for c in ckpts:
@@ -252,15 +321,25 @@ class Trainer:
         A non-finite loss or gradient skips the update (on_nonfinite=skip) or stops the run."""
         self.optimizer.set_lr_scale(lr_scale(self.step, self.s))
         loss_sum = 0.0
-        for _ in range(self.grad_accum):
+        for micro in range(self.grad_accum):
             x, y = self.train_data.next_batch(self.s.batch_size)
-            with autocast_for(self.device):
-                _, loss = self.forward(x.to(self.device), y.to(self.device))
-            (loss / self.grad_accum).backward()  # the mean over micro-batches = the big batch's
+            with distributed.no_sync(self.forward, micro == self.grad_accum - 1):
+                with autocast_for(self.device):
+                    _, loss = self.forward(x.to(self.device), y.to(self.device))
+                (loss / self.grad_accum).backward()  # mean over micro-batches = the big batch's
             loss_sum += loss.item()
-        loss = loss_sum / self.grad_accum
+        if self.dist.enabled:  # every rank must stop at the same step, or the others hang
+            loss, signalled, late = distributed.reduce_step_stats(
+                self.dist,
+                loss_sum / self.grad_accum,
+                bool(self.stop_signal),
+                time.time() > self.deadline,
+            )
+            self.agreed_stop = (self.stop_signal or "a signal" if signalled else None, late)
+        else:
+            loss = loss_sum / self.grad_accum
         params = [p for p in self.model.parameters() if p.requires_grad]
-        norm = torch.nn.utils.clip_grad_norm_(params, self.s.grad_clip or math.inf).item()
+        norm = distributed.clip_grad_norm(params, self.s.grad_clip or math.inf)
         if not (math.isfinite(loss) and math.isfinite(norm)):
             self.optimizer.zero_grad()
             what = f"loss {loss}, gradient norm {norm} at step {self.step}"
@@ -294,7 +373,10 @@ class Trainer:
 
     def run(self) -> dict[str, Any]:
         start, first_step = time.time(), self.step  # a resumed run counts its own steps
-        with open(self.run_dir / "metrics.jsonl", "a") as self._metrics:
+        if self.s.time_limit:
+            self.deadline = start + self.s.time_limit * 60
+        log = self.run_dir / "metrics.jsonl" if self.dist.main else os.devnull
+        with open(log, "a") as self._metrics:
             if self.step == 0:
                 self._record_val(self.evaluate())
             self._train(start)
@@ -326,7 +408,8 @@ class Trainer:
             disable=not self.progress,
             mininterval=0.5,
         )
-        with self._signals(), bar, self._external_loggers() as self.external:
+        loggers = self._external_loggers() if self.dist.main else contextlib.nullcontext()
+        with self._signals(), bar, loggers as self.external:
             while self.step < s.max_steps:
                 t0 = time.time()
                 loss, norm = self.train_step()
@@ -353,14 +436,19 @@ class Trainer:
                     refresh=False,
                 )
                 out_of_time = bool(s.time_limit) and time.time() - start > s.time_limit * 60
+                stop = self.stop_signal
+                if self.dist.enabled:
+                    stop, out_of_time = self.agreed_stop
                 saved = self._checkpoint_and_evaluate(
-                    done=self.step == s.max_steps or bool(self.stop_signal) or out_of_time
+                    done=self.step == s.max_steps or bool(stop) or out_of_time
                 )
-                if self.stop_signal:
+                if not self.dist.enabled:  # one process may also stop on a signal mid-evaluation
+                    stop = self.stop_signal
+                if stop:
                     if not saved:  # the signal came during evaluation or sampling
                         self.save()
                     raise TrainingInterrupted(
-                        f"{self.stop_signal}: saved step {self.step}; continue with --resume"
+                        f"{stop}: saved step {self.step}; continue with --resume"
                     )
                 if out_of_time:
                     break
@@ -380,12 +468,20 @@ class Trainer:
             self._plot()
             if ckpt is not None:
                 self._annotate(ckpt, val)
-        if s.sample_every and self.step % s.sample_every == 0:
+        # Sampling runs the model on rank 0 alone: fine for whole replicas, not for shards.
+        if (
+            s.sample_every
+            and self.step % s.sample_every == 0
+            and self.dist.main
+            and not self.dist.sharded
+        ):
             self._sample()
         return ckpt is not None
 
     def _annotate(self, ckpt: Path, val_loss: float) -> None:
         """Add the validation loss, measured after saving, to the checkpoint's meta."""
+        if not self.dist.main:
+            return
         meta = json.loads((ckpt / "meta.json").read_text()) | {"val_loss": val_loss}
         atomic_write_json(ckpt / "meta.json", meta)
         self._prune_checkpoints()
@@ -411,6 +507,9 @@ class Trainer:
 
     def _plot(self) -> None:
         from scratchlm.train.plots import plot_losses
+
+        if not self.dist.main:
+            return
 
         plot_losses(self.history, self.run_dir / "loss.png", title=self.s.name)
 
@@ -505,5 +604,18 @@ class Trainer:
 def pretrain(
     recipe: Recipe, tokens_dir: Path, tokenizer_path: Path, run_dir: Path, progress: bool = True
 ) -> dict[str, Any]:
-    """Train a model from scratch on `tokens_dir` (or resume it); return a summary of the run."""
-    return Trainer(recipe, tokens_dir, tokenizer_path, run_dir, progress).run()
+    """Train a model from scratch on `tokens_dir` (or resume it); return a summary of the run.
+    Under torchrun every rank calls this; the process group lives as long as the call."""
+    try:
+        return Trainer(recipe, tokens_dir, tokenizer_path, run_dir, progress).run()
+    except RuntimeError as e:
+        if not distributed.peer_failure(e):
+            raise
+        rank = os.environ.get("RANK", "?")
+        raise StageError(
+            f"rank {rank}: a collective operation failed, so another process probably stopped "
+            f"(its own error is above): {str(e).splitlines()[0]}. Restart with --resume "
+            "(torchrun --max-restarts N does so from the last checkpoint)"
+        ) from e
+    finally:
+        distributed.teardown()

@@ -110,6 +110,19 @@ def _is_hidden_matrix(name: str, p: torch.nn.Parameter) -> bool:
     return p.dim() == 2 and name.startswith("blocks.")
 
 
+def _split_sharded(groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Under tensor parallelism some parameters are DTensors and some (norms) plain tensors;
+    the fused/foreach kernels take one kind per call, i.e. per group. Without DTensors: as is."""
+    from torch.distributed.tensor import DTensor
+
+    out = []
+    for g in groups:
+        plain = [p for p in g["params"] if not isinstance(p, DTensor)]
+        sharded = [p for p in g["params"] if isinstance(p, DTensor)]
+        out += [g | {"params": part} for part in (plain, sharded) if part]
+    return out
+
+
 def make_optimizer(model: torch.nn.Module, s: PretrainSettings, device: torch.device) -> Optimizers:
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     fused = device.type in ("cuda", "cpu") and torch.__version__ >= "2.4"
@@ -123,7 +136,7 @@ def make_optimizer(model: torch.nn.Module, s: PretrainSettings, device: torch.de
         {"params": [p for _, p in params if p.dim() >= 2], "weight_decay": s.weight_decay},
         {"params": [p for _, p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
-    adamw = torch.optim.AdamW([g for g in groups if g["params"]], **adam_kwargs)
+    adamw = torch.optim.AdamW(_split_sharded(groups), **adam_kwargs)
     return Optimizers([muon, adamw] if s.optimizer == "muon" else [adamw])
 
 

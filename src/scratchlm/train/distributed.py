@@ -1,0 +1,330 @@
+"""Training on several processes: torchrun's environment, the device mesh, and
+`parallelize(model, dist, settings)`, which applies DDP, FSDP2 or tensor parallelism to a
+model written for one device (the torchtitan split: model/ never imports torch.distributed).
+
+    ddp      every rank holds the whole model; gradients are averaged by all-reduce
+    fsdp     every rank holds 1/N of each parameter, gradient and optimizer state (FSDP2)
+    tp       each matrix is split across ranks (DTensor); every rank sees the same batch
+    fsdp+tp  a 2-D mesh (dp x tp): tensor parallel inside a group, fully sharded across groups
+
+Without torchrun (no RANK / WORLD_SIZE in the environment) nothing here starts: one process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from scratchlm.config import ModelConfig, ParallelSettings, PretrainSettings
+from scratchlm.errors import SettingsError
+
+
+def launched() -> bool:
+    """True under torchrun (or any launcher that sets the env:// rendezvous variables)."""
+    return "RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def is_main_process() -> bool:
+    """Rank 0 (or a single process): the one that prints and writes files. Readable before
+    the process group exists, because torchrun puts the rank in the environment."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+@dataclass
+class Dist:
+    """Where this process stands: its rank, the world, and its share of the data."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    strategy: str = "none"
+    mesh: Any = None  # DeviceMesh: ("dp",), ("tp",) or ("dp", "tp")
+    dp_rank: int = 0  # which slice of each global batch this rank reads
+    dp_world: int = 1  # how many different slices there are
+    tp: int = 1
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def sharded(self) -> bool:
+        """Parameters are DTensors (fsdp, tp): checkpoints go through DCP per rank."""
+        return self.strategy in ("fsdp", "tp", "fsdp+tp")
+
+
+def tp_degree(p: ParallelSettings, world: int) -> int:
+    if p.strategy == "tp":
+        return p.tp_size or world
+    return p.tp_size if p.strategy == "fsdp+tp" else 1
+
+
+def check_settings(
+    p: ParallelSettings, cfg: ModelConfig, s: PretrainSettings, world: int, device: str = "cpu"
+) -> None:
+    """Refuse a layout that cannot work, before any process group or model exists."""
+    if world <= 1:
+        return
+    if p.cpu_offload and (p.strategy not in ("fsdp", "fsdp+tp") or device == "cpu"):
+        # FSDP2's CPUOffloadPolicy moves shards to the accelerator for compute; without one,
+        # fully_shard fails ("Cannot access accelerator device when none is available").
+        raise SettingsError(
+            f"parallel.cpu_offload=true needs strategy fsdp or fsdp+tp on a GPU "
+            f"(here: {p.strategy} on {device}); on CPU the shards are in CPU memory already"
+        )
+    tp = tp_degree(p, world)
+    if p.strategy == "tp" and tp != world:
+        raise SettingsError(
+            f"parallel.tp_size={p.tp_size}: strategy tp splits over all {world} processes; "
+            "use 0, or strategy fsdp+tp for data parallel groups"
+        )
+    if p.strategy == "fsdp+tp" and (tp < 1 or world % tp):
+        raise SettingsError(
+            f"parallel.tp_size={p.tp_size}: strategy fsdp+tp needs a tp_size >= 1 that divides "
+            f"the {world} processes"
+        )
+    if tp > 1:
+        for key, value in (("n_head", cfg.n_head), ("n_kv_head", cfg.kv_heads)):
+            if value % tp:
+                raise SettingsError(
+                    f"model.{key}={value} is not divisible by the tensor-parallel size {tp} "
+                    f"(parallel.strategy={p.strategy})"
+                )
+        if cfg.hidden % tp:
+            raise SettingsError(
+                f"model MLP width {cfg.hidden} is not divisible by the tensor-parallel size {tp}"
+            )
+        if cfg.mlp == "swiglu":
+            raise SettingsError(
+                f"model.mlp=swiglu is not supported with parallel.strategy={p.strategy} yet "
+                "(its fused gate/up matrix would split across ranks): use gelu or relu2"
+            )
+    if p.strategy != "ddp" and s.optimizer == "muon":
+        raise SettingsError(
+            f"pretrain.optimizer=muon needs whole matrices; with parallel.strategy={p.strategy} "
+            "use adamw (or strategy ddp)"
+        )
+
+
+def setup(p: ParallelSettings, device: torch.device) -> tuple[Dist, torch.device]:
+    """Join the process group torchrun prepared and build the mesh; (Dist(), device) alone."""
+    if not launched():
+        return Dist(), device
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda":
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    backend = p.backend if p.backend != "auto" else ("nccl" if device.type == "cuda" else "gloo")
+    # The timeout bounds how long a rank waits for one that died: the job stops, not hangs.
+    timeout = timedelta(seconds=p.timeout)
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    if attempt != "0" and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+        # After torchrun --max-restarts, torchrun's store still holds the dead attempt's
+        # addresses under the same keys (gloo would dial them and fail): use fresh keys.
+        store = dist.TCPStore(
+            os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world, False, timeout
+        )
+        store = dist.PrefixStore(f"scratchlm/attempt_{attempt}", store)
+        dist.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=timeout)
+    else:
+        dist.init_process_group(backend, timeout=timeout)
+    tp = tp_degree(p, world)
+    if p.strategy == "fsdp+tp":
+        mesh = init_device_mesh(device.type, (world // tp, tp), mesh_dim_names=("dp", "tp"))
+        dp_rank, dp_world = mesh["dp"].get_local_rank(), world // tp
+    elif p.strategy == "tp":
+        mesh = init_device_mesh(device.type, (world,), mesh_dim_names=("tp",))
+        dp_rank, dp_world = 0, 1  # every rank of a tensor-parallel group reads the same batch
+    else:
+        mesh = init_device_mesh(device.type, (world,), mesh_dim_names=("dp",))
+        dp_rank, dp_world = rank, world
+    return Dist(rank, world, local_rank, p.strategy, mesh, dp_rank, dp_world, tp), device
+
+
+def teardown() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def peer_failure(e: BaseException) -> bool:
+    """Whether an error says that another rank is gone (died, or too slow for the timeout)."""
+    import torch.distributed as dist
+
+    words = ("connection", "closed", "timed out", "timeout", "peer", "gloo", "nccl")
+    text = str(e).lower()
+    return launched() and (isinstance(e, dist.DistError) or any(w in text for w in words))
+
+
+def barrier(d: Dist) -> None:
+    if d.enabled:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+# --------------------------------------------------------------------------- parallelize
+
+
+class SplitQKV(nn.Module):
+    """The fused q|k|v projection as three Linears, so that a column-wise split gives each
+    rank whole heads of q, of k and of v (split as one matrix, rank 0 would get all of q
+    and none of v). Outputs are concatenated again, so the attention code is unchanged."""
+
+    def __init__(self, fused: nn.Linear, sizes: list[int]):
+        super().__init__()
+        with torch.no_grad():
+            weights = fused.weight.split(sizes, dim=0)
+            biases = fused.bias.split(sizes) if fused.bias is not None else (None,) * 3
+            for name, w, b in zip(("q", "k", "v"), weights, biases, strict=True):
+                layer = nn.Linear(w.size(1), w.size(0), bias=b is not None, device=w.device)
+                layer.weight.copy_(w)
+                if b is not None:
+                    layer.bias.copy_(b)
+                self.add_module(name, layer)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.q(x), self.k(x), self.v(x)], dim=-1)
+
+
+def fuse_qkv(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A tensor-parallel state dict (attn.qkv.{q,k,v}.*) in the single-device layout."""
+    out = {}
+    for name, tensor in state.items():
+        if ".attn.qkv.q." in name:
+            base, kind = name.split(".attn.qkv.q.")
+            parts = [state[f"{base}.attn.qkv.{h}.{kind}"] for h in "qkv"]
+            out[f"{base}.attn.qkv.{kind}"] = torch.cat(parts, dim=0)
+        elif not any(f".attn.qkv.{h}." in name for h in "kv"):
+            out[name] = tensor
+    return out
+
+
+def apply_tp(model: nn.Module, mesh: Any) -> None:
+    """Megatron-style: the first matrix of attention and MLP split by output columns, the
+    second by input rows (one all-reduce per sub-layer); the token embedding and LM head split
+    by vocabulary. Norms and learned positions stay whole on every rank."""
+    from torch.distributed.tensor import Replicate
+    from torch.distributed.tensor.parallel import (
+        ColwiseParallel,
+        RowwiseParallel,
+        parallelize_module,
+    )
+
+    tp = mesh.size()
+    for block in model.blocks:
+        attn = block.attn
+        attn.qkv = SplitQKV(attn.qkv, attn.sizes)
+        plan = {
+            "attn.qkv.q": ColwiseParallel(),
+            "attn.qkv.k": ColwiseParallel(),
+            "attn.qkv.v": ColwiseParallel(),
+            "attn.proj": RowwiseParallel(),
+            "mlp.fc": ColwiseParallel(),
+            "mlp.proj": RowwiseParallel(),
+        }
+        parallelize_module(block, mesh, plan)
+        # Each rank now computes n_head / tp heads on local tensors (use_local_output).
+        attn.n_head //= tp
+        attn.n_kv_head //= tp
+        attn.sizes = [size // tp for size in attn.sizes]
+    plan = {
+        "wte": RowwiseParallel(input_layouts=Replicate(), output_layouts=Replicate()),
+        # Whole logits on every rank: the loss code stays the single-device one.
+        "lm_head": ColwiseParallel(output_layouts=Replicate()),
+    }
+    parallelize_module(model, mesh, plan)
+    if model.cfg.tie_embeddings:  # both are split by vocabulary rows (Shard(0)): re-tie them
+        model.lm_head.weight = model.wte.weight
+
+
+def apply_fsdp(model: nn.Module, mesh: Any, p: ParallelSettings, device: torch.device) -> None:
+    """FSDP2: each block is one unit (gathered just before it runs, freed after), the root
+    holds the rest (embeddings, final norm, head)."""
+    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
+
+    kwargs: dict[str, Any] = {"mesh": mesh}
+    if device.type == "cuda" and p.mixed_precision:
+        kwargs["mp_policy"] = MixedPrecisionPolicy(
+            param_dtype=torch.bfloat16, reduce_dtype=torch.float32
+        )
+    if p.cpu_offload:
+        kwargs["offload_policy"] = CPUOffloadPolicy()
+    for block in model.blocks:
+        fully_shard(block, **kwargs)
+    fully_shard(model, **kwargs)
+
+
+def parallelize(model: nn.Module, d: Dist, p: ParallelSettings, device: torch.device) -> nn.Module:
+    """Apply the strategy; return what to call for forward (the DDP wrapper, or the model
+    itself, changed in place, for fsdp and tp)."""
+    if not d.enabled:
+        return model
+    if d.strategy == "ddp":
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        return DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if d.strategy in ("tp", "fsdp+tp"):
+        apply_tp(model, d.mesh["tp"])
+    if d.strategy in ("fsdp", "fsdp+tp"):
+        apply_fsdp(model, d.mesh["dp"], p, device)
+    return model
+
+
+def no_sync(forward: nn.Module, sync: bool) -> contextlib.AbstractContextManager:
+    """DDP: skip the gradient all-reduce on accumulation micro-steps (only the last syncs)."""
+    if sync or not hasattr(forward, "no_sync"):
+        return contextlib.nullcontext()
+    return forward.no_sync()
+
+
+# --------------------------------------------------------------------------- step helpers
+
+
+def clip_grad_norm(params: list[nn.Parameter], max_norm: float) -> float:
+    """The global gradient norm, clipped to `max_norm`. Sharded gradients (DTensor) contribute
+    their full norm; a replicated plain gradient counts once, as on one device."""
+    from torch.distributed.tensor import DTensor
+
+    grads = [p.grad for p in params if p.grad is not None]
+    if not any(isinstance(g, DTensor) for g in grads):
+        return torch.nn.utils.clip_grad_norm_(params, max_norm).item()
+    norms = []
+    for g in grads:
+        n = torch.linalg.vector_norm(g, 2)
+        norms.append(n.full_tensor() if isinstance(n, DTensor) else n)
+    total = torch.linalg.vector_norm(torch.stack(norms)).item()
+    coef = max_norm / (total + 1e-6)
+    if coef < 1.0:
+        for g in grads:
+            g.mul_(coef)
+    return total
+
+
+def reduce_step_stats(
+    d: Dist, loss: float, signalled: bool, late: bool
+) -> tuple[float, bool, bool]:
+    """The mean loss over data-parallel ranks, and whether any rank was signalled or ran out
+    of time: one all-reduce, so that all ranks stop at the same step."""
+    import torch.distributed as dist
+
+    t = torch.tensor([loss, float(signalled), float(late)], dtype=torch.float64)
+    if d.mesh.device_type == "cuda":
+        t = t.cuda()
+    dist.all_reduce(t)  # over all ranks: tensor-parallel peers hold the same loss
+    return t[0].item() / d.world, bool(t[1].item()), bool(t[2].item())

@@ -1,0 +1,277 @@
+"""Training on several real processes (torchrun, gloo, CPU): every strategy gives the losses
+and weights of one process with the same global batch; checkpoints move between world sizes;
+a dead rank stops the job instead of hanging it."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from conftest import tiny_recipe_dict
+from safetensors.torch import load_file
+
+from scratchlm.config import ModelConfig, ParallelSettings, PretrainSettings
+from scratchlm.errors import SettingsError
+from scratchlm.pipeline import Workspace, run_stage
+from scratchlm.train.checkpoint import latest_checkpoint
+from scratchlm.train.distributed import check_settings
+
+STEPS = 10
+# The global batch is 4 sequences x 4 micro-batches: one process accumulates 4, two take 2 each.
+PRETRAIN = {
+    "max_steps": STEPS,
+    "batch_size": 4,
+    "grad_accum": 4,
+    "warmup_steps": 2,
+    "eval_every": 5,
+    "eval_batches": 2,
+    "checkpoint_every": 5,
+    "threads": 1,
+    "peak_flops": 1e11,
+}
+MODEL = {"n_layer": 2, "n_head": 2, "dropout": 0.0}  # no dropout: results must not depend on RNG
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> Path:
+    """Token shards and a one-process reference run of STEPS steps, made once."""
+    root = tmp_path_factory.mktemp("dist")
+    recipe_path = root / "recipe.yaml"
+    recipe_path.write_text(yaml.safe_dump(tiny_recipe_dict(pretrain=PRETRAIN, model=MODEL)))
+    ws = Workspace(root / "work", "tiny")
+    for stage in ("curate", "tokenizer", "tokenize"):
+        run_stage(stage, one_process_recipe(root, "single"), ws, progress=False)
+    run_in_process(root, "single")
+    return root
+
+
+def one_process_recipe(root: Path, name: str, *sets: str):
+    from scratchlm.config import load_recipe
+
+    return load_recipe(str(root / "recipe.yaml"), [f"pretrain.name={name}", *sets])
+
+
+def run_in_process(root: Path, name: str, *sets: str) -> None:
+    """One process, no launcher: in this process (saves a torch start-up per run)."""
+    recipe = one_process_recipe(root, name, *sets)
+    run_stage("pretrain", recipe, Workspace.for_recipe(recipe, root / "work"), progress=False)
+
+
+def launch(
+    root: Path, nproc: int, name: str, *sets: str, script: str | None = None, extra=()
+) -> subprocess.CompletedProcess:
+    """`scratchlm pretrain` (or `script`) on `nproc` processes through torchrun."""
+    args = ["pretrain", str(root / "recipe.yaml"), "--work", str(root / "work"), "-q"]
+    args += ["--set", f"pretrain.name={name}"]
+    for s in sets:
+        args += ["--set", s]
+    target = [script] if script else ["-m", "scratchlm"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc)]
+    cmd += ["--master-addr", "127.0.0.1", "--master-port", str(free_port()), *extra]
+    cmd += [*target, *args]
+    env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent)}
+    # The timeout turns a hang into a failure; it is not a speed requirement.
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
+
+
+def run_dir(root: Path, name: str) -> Path:
+    return root / "work" / "runs" / name
+
+
+def losses(root: Path, name: str) -> dict[int, float]:
+    lines = (run_dir(root, name) / "metrics.jsonl").read_text().splitlines()
+    return {r["step"]: r["loss"] for r in map(json.loads, lines) if "loss" in r}
+
+
+def max_rel_diff(a: dict[int, float], b: dict[int, float]) -> float:
+    assert a.keys() == b.keys() and a
+    return max(abs(a[k] - b[k]) / abs(a[k]) for k in a)
+
+
+def final_weights(root: Path, name: str) -> dict[str, torch.Tensor]:
+    return load_file(str(latest_checkpoint(run_dir(root, name)) / "model.safetensors"))
+
+
+def assert_same_weights(root: Path, name: str, atol: float) -> None:
+    ref, got = final_weights(root, "single"), final_weights(root, name)
+    assert ref.keys() == got.keys()
+    for k in ref:
+        torch.testing.assert_close(got[k], ref[k], rtol=0, atol=atol, msg=k)
+
+
+@pytest.mark.parametrize(
+    "strategy, nproc, sets, tol",
+    [
+        ("ddp", 2, ["pretrain.grad_accum=2"], 1e-6),
+        ("fsdp", 2, ["pretrain.grad_accum=2"], 1e-4),
+        ("tp", 2, ["parallel.tp_size=0"], 1e-4),  # every rank sees the whole batch
+        ("fsdp+tp", 4, ["pretrain.grad_accum=2", "parallel.tp_size=2"], 1e-4),
+    ],
+)
+def test_strategy_matches_one_process(work, strategy, nproc, sets, tol):
+    name = strategy.replace("+", "")
+    result = launch(work, nproc, name, f"parallel.strategy={strategy}", *sets)
+    assert result.returncode == 0, result.stdout + result.stderr
+    diff = max_rel_diff(losses(work, "single"), losses(work, name))
+    print(f"{strategy}: max relative loss difference over {STEPS} steps {diff:.2e}")
+    assert diff <= tol
+    assert_same_weights(work, name, atol=1e-5)
+    # Rank 0 alone prints: one summary line, not one per process.
+    assert result.stdout.count("pretrain   ran") == 1
+    meta = json.loads((latest_checkpoint(run_dir(work, name)) / "meta.json").read_text())
+    assert meta["parallel"] == {"strategy": strategy, "world": nproc}
+
+
+def resumed_copy(root: Path, source: str, name: str) -> None:
+    """A copy of run `source` whose last checkpoint is gone: resuming redoes steps 6..10."""
+    shutil.rmtree(run_dir(root, name), ignore_errors=True)
+    shutil.copytree(run_dir(root, source), run_dir(root, name))
+    shutil.rmtree(run_dir(root, name) / "checkpoints" / f"step_{STEPS:06d}")
+
+
+def test_checkpoints_reshard_between_world_sizes(work):
+    # 2 -> 1: a sharded (DCP) checkpoint of two fsdp ranks, resumed by one plain process.
+    if not run_dir(work, "fsdp").exists():
+        assert (
+            launch(work, 2, "fsdp", "parallel.strategy=fsdp", "pretrain.grad_accum=2").returncode
+            == 0
+        )
+    resumed_copy(work, "fsdp", "two-to-one")
+    assert (run_dir(work, "two-to-one") / "checkpoints" / "step_000005" / "sharded").is_dir()
+    run_in_process(work, "two-to-one", "pretrain.resume=auto")
+    # 1 -> 2: a single-file checkpoint, resumed by two fsdp ranks.
+    resumed_copy(work, "single", "one-to-two")
+    result = launch(
+        work,
+        2,
+        "one-to-two",
+        "pretrain.resume=auto",
+        "parallel.strategy=fsdp",
+        "pretrain.grad_accum=2",
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    ref = losses(work, "single")
+    for name in ("two-to-one", "one-to-two"):
+        got = losses(work, name)
+        diff = max_rel_diff({k: ref[k] for k in got}, got)
+        print(f"{name}: max relative loss difference after resuming {diff:.2e}")
+        assert diff <= 1e-4
+        assert_same_weights(work, name, atol=1e-5)
+
+
+CRASHER = """
+import os, sys
+from scratchlm.train.loop import Trainer
+real = Trainer.train_step
+def train_step(self):
+    # Rank 1 dies at step {step} without a word, as with a segfault or an OOM kill; with
+    # restarts, only in the first attempt.
+    if self.step == {step} and os.environ["RANK"] == "1" and os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0":
+        os._exit(1)
+    return real(self)
+Trainer.train_step = train_step
+from scratchlm.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_dead_rank_stops_the_job(work, tmp_path):
+    script = tmp_path / "crash.py"
+    script.write_text(CRASHER.format(step=3))
+    result = launch(
+        work,
+        2,
+        "crash",
+        "parallel.strategy=ddp",
+        "pretrain.grad_accum=2",
+        "parallel.timeout=30",
+        script=str(script),
+    )
+    assert result.returncode != 0
+    out = result.stdout + result.stderr
+    # torchrun names the rank that died and its exit code
+    assert "rank      : 1" in out and "exitcode  : 1" in out, out[-3000:]
+
+
+def test_max_restarts_resume_from_the_last_checkpoint(work, tmp_path):
+    script = tmp_path / "crash.py"
+    script.write_text(CRASHER.format(step=7))  # after the checkpoint at step 5
+    result = launch(
+        work,
+        2,
+        "restarted",
+        "parallel.strategy=ddp",
+        "pretrain.grad_accum=2",
+        "parallel.timeout=30",
+        script=str(script),
+        extra=["--max-restarts", "1"],
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "exitcode  : 1" not in result.stdout  # the first attempt did fail:
+    assert "a collective operation failed" in result.stderr
+    got, ref = losses(work, "restarted"), losses(work, "single")
+    assert sorted(got) == sorted(ref)
+    assert max_rel_diff(ref, got) <= 1e-6
+
+
+def test_impossible_layouts_are_refused_before_any_work():
+    s = PretrainSettings()
+    cfg = ModelConfig(n_head=3, n_embd=48, vocab_size=100)
+    with pytest.raises(SettingsError, match=r"model.n_head=3 .*tensor-parallel size 2"):
+        check_settings(ParallelSettings(strategy="tp", tp_size=0), cfg, s, world=2)
+    with pytest.raises(SettingsError, match="parallel.tp_size=4"):
+        check_settings(ParallelSettings(strategy="fsdp+tp", tp_size=4), ModelConfig(), s, world=6)
+    with pytest.raises(SettingsError, match="pretrain.optimizer=muon"):
+        check_settings(
+            ParallelSettings(strategy="fsdp"), ModelConfig(), PretrainSettings(optimizer="muon"), 2
+        )
+    with pytest.raises(SettingsError, match="parallel.cpu_offload=true"):
+        check_settings(ParallelSettings(strategy="fsdp", cpu_offload=True), ModelConfig(), s, 2)
+    check_settings(ParallelSettings(strategy="tp", tp_size=0), cfg, s, world=1)  # one process: fine
+
+
+def test_sigterm_to_torchrun_stops_every_rank_at_the_same_step_with_a_checkpoint(work):
+    """torchrun passes SIGTERM (a preemption) to every rank; they agree on one step (the flag
+    travels with the loss all-reduce), save one sharded checkpoint together and stop."""
+    import signal
+    import time
+
+    args = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    args += ["--master-addr", "127.0.0.1", "--master-port", str(free_port())]
+    args += ["-m", "scratchlm", "pretrain", str(work / "recipe.yaml"), "--work", str(work / "work")]
+    args += ["-q", "--set", "pretrain.name=sigterm", "--set", "pretrain.max_steps=400"]
+    args += ["--set", "pretrain.grad_accum=2", "--set", "pretrain.eval_every=100"]
+    proc = subprocess.Popen(
+        args,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=os.environ | {"OMP_NUM_THREADS": "1"},
+    )
+    metrics = run_dir(work, "sigterm") / "metrics.jsonl"
+    deadline = time.monotonic() + 120  # a guard against a hang, not a speed requirement
+    while time.monotonic() < deadline and proc.poll() is None:
+        if metrics.is_file() and metrics.read_text().count('"loss"') >= 3:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    saved = [line for line in err.splitlines() if "interrupted by SIGTERM: saved step" in line]
+    assert len(saved) == 2 and saved[0] == saved[1], err[-3000:]  # both ranks, the same step
+    step = int(saved[0].split("saved step ")[1].split(";")[0])
+    assert (run_dir(work, "sigterm") / "checkpoints" / f"step_{step:06d}" / "sharded").is_dir()
