@@ -1,0 +1,177 @@
+"""Perplexity and bits per byte of held-out text, with a sliding window for long documents.
+
+Each document is scored as the model saw documents in training: after an <|endoftext|>, every
+token predicted from the ones before it. A document longer than the context is read in windows
+of `block_size` tokens that advance by `stride`; each window scores only the tokens not scored
+yet, so every token but the first window's has at least block_size - stride tokens of context.
+
+    perplexity    exp(nats per token)          depends on the tokenizer
+    bits per byte nats / ln 2 / UTF-8 bytes    does not: compares models across tokenizers
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from scratchlm.errors import StageError
+
+
+def windows(n: int, window: int, stride: int) -> list[tuple[int, int, int]]:
+    """(begin, end, first) for a sequence of n tokens: inputs ids[begin:end-1] predict
+    ids[begin+1:end], of which targets from index `first` on are new in this window."""
+    if not 0 < stride <= window:
+        raise StageError(f"eval.stride={stride} must be from 1 to the context length {window}")
+    out, begin, first = [], 0, 1
+    while True:
+        end = min(begin + window + 1, n)
+        out.append((begin, end, first))
+        if end == n:
+            return out
+        first, begin = end, begin + stride
+        # The last window may hold fewer new tokens than `stride`; it still ends at n.
+        begin = min(begin, max(n - window - 1, 0))
+
+
+@torch.no_grad()
+def token_logprobs(
+    model: torch.nn.Module,
+    ids: list[int],
+    stride: int = 0,
+    window: int = 0,
+    batch_size: int = 16,
+) -> torch.Tensor:
+    """log p(ids[i] | ids[:i]) for i = 1 .. len(ids) - 1, in float64 on the CPU.
+
+    window defaults to the model's block_size and stride to half of it."""
+    window = window or model.cfg.block_size
+    stride = stride or max(window // 2, 1)
+    device = next(model.parameters()).device
+    x = torch.tensor(ids, dtype=torch.long)
+    out = torch.empty(max(len(ids) - 1, 0), dtype=torch.float64)
+    spans = windows(len(ids), window, stride) if len(ids) > 1 else []
+    for i in range(0, len(spans), batch_size):
+        group = spans[i : i + batch_size]
+        width = max(end - begin - 1 for begin, end, _ in group)
+        # Right padding: a causal model's real positions never see the padding after them.
+        batch = torch.zeros(len(group), width, dtype=torch.long)
+        for row, (begin, end, _) in enumerate(group):
+            batch[row, : end - begin - 1] = x[begin : end - 1]
+        logits, _ = model(batch.to(device))
+        logp = F.log_softmax(logits.float(), dim=-1).double().cpu()
+        for row, (begin, end, first) in enumerate(group):
+            targets = x[first:end]
+            pos = torch.arange(first - begin - 1, end - begin - 1)
+            out[first - 1 : end - 1] = logp[row, pos, targets]
+    return out
+
+
+def document_bytes(tok: Any, ids: list[int]) -> int:
+    """UTF-8 bytes of the text that `ids` spell (BPE: exact bytes, even mid-character)."""
+    if hasattr(tok, "decode_bytes"):
+        return len(tok.decode_bytes(ids))
+    return len(tok.decode(ids).encode("utf-8"))
+
+
+@dataclass
+class Perplexity:
+    """Sums over documents; the rates are derived, so that runs add up exactly."""
+
+    nll: float = 0.0  # nats, summed over every scored token
+    tokens: int = 0
+    bytes: int = 0
+    documents: int = 0
+
+    def add(self, nll: float, tokens: int, nbytes: int) -> None:
+        self.nll += nll
+        self.tokens += tokens
+        self.bytes += nbytes
+        self.documents += 1
+
+    def to_dict(self) -> dict[str, Any]:
+        nats = self.nll / max(self.tokens, 1)
+        return {
+            "documents": self.documents,
+            "tokens": self.tokens,
+            "bytes": self.bytes,
+            "nats_per_token": nats,
+            "perplexity": math.exp(min(nats, 700)),
+            "bits_per_byte": self.nll / math.log(2) / max(self.bytes, 1),
+            "bytes_per_token": self.bytes / max(self.tokens, 1),
+        }
+
+
+def perplexity(
+    model: torch.nn.Module,
+    tok: Any,
+    documents: Iterable[list[int]],
+    stride: int = 0,
+    batch_size: int = 16,
+    max_tokens: int = 0,
+) -> Perplexity:
+    """Score documents given as token ids (without separators); stop after `max_tokens`."""
+    result = Perplexity()
+    for ids in documents:
+        if not ids:
+            continue
+        logp = token_logprobs(model, [tok.eot_id, *ids], stride, batch_size=batch_size)
+        result.add(-logp.sum().item(), len(ids), document_bytes(tok, ids))
+        if max_tokens and result.tokens >= max_tokens:
+            break
+    if not result.tokens:
+        raise StageError("perplexity: the held-out text has no tokens")
+    return result
+
+
+# --------------------------------------------------------------------------- held-out text
+
+
+def shard_documents(tokens_dir: Path, tok: Any) -> Iterator[list[int]]:
+    """The validation documents of a tokens folder (train if it has none), as token ids."""
+    from scratchlm.tokenizer.shards import load_meta
+    from scratchlm.train.data import TokenStream
+
+    meta = load_meta(tokens_dir)
+    if meta.get("tokenizer") != tok.fingerprint():
+        raise StageError(
+            f"{tokens_dir} was made with another tokenizer than the model's; pass text instead (--text FILE)"
+        )
+    split = "val" if meta["files"]["val"] else "train"
+    stream = TokenStream(tokens_dir, meta["files"][split], meta["dtype"])
+    doc: list[int] = []
+    chunk = 1 << 20
+    for start in range(0, len(stream), chunk):
+        for t in stream.read(start, min(chunk, len(stream) - start)).tolist():
+            if t == tok.eot_id:
+                if doc:
+                    yield doc
+                doc = []
+            else:
+                doc.append(t)
+    if doc:
+        yield doc
+
+
+def text_documents(path: Path, text_field: str = "text") -> list[str]:
+    """A text file is one document; a JSONL file holds one per line (its `text_field`)."""
+    from scratchlm.data.sources import iter_documents
+
+    if not path.exists():
+        raise StageError(f"{path}: no such file")
+    texts = [d.text for d in iter_documents([str(path)], text_field) if d.text]
+    if not texts:
+        raise StageError(f"{path}: no text to evaluate on")
+    return texts
+
+
+def heldout_documents(source: Path, tok: Any) -> list[list[int]]:
+    """Token ids of each held-out document from a tokens folder or a text / JSONL file."""
+    if source.is_dir():
+        return list(shard_documents(source, tok))
+    return [tok.encode(t) for t in text_documents(source)]
