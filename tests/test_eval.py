@@ -311,6 +311,20 @@ def test_text_file_perplexity_and_settings_are_checked(run, tmp_path, capsys):
     assert "eval.stride=-1" in capsys.readouterr().err
 
 
+def test_pretraining_hook_logs_task_scores_and_plots_them(run, tmp_path):
+    from scratchlm.train.loop import Trainer
+
+    recipe = tiny_recipe(pretrain={"max_steps": 6, "eval_every": 3})
+    recipe.eval.every_steps, recipe.eval.max_items, recipe.eval.tasks = 2, 20, ["cloze"]
+    out = tmp_path / "run"
+    Trainer(recipe, run.out("tokenize"), run.out("tokenizer") / "tokenizer.json", out, progress=False).run()  # fmt: skip
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    scored = {r["step"]: r for r in records if "acc/cloze" in r}
+    assert sorted(scored) == [0, 2, 4, 6]
+    assert "val_loss" in scored[6] and 0 <= scored[6]["acc/cloze"] <= 1  # one record per step
+    assert (out / "tasks.png").is_file()
+
+
 def test_evaluate_is_deterministic_and_leaves_the_model_mode_alone(run):
     from scratchlm.train.checkpoint import load_run
 
