@@ -336,3 +336,64 @@ def test_evaluate_is_deterministic_and_leaves_the_model_mode_alone(run):
     s = EvalSettings(tasks=["shuffle"], max_items=10)
     a, b = evaluate(model, tok, s, docs * 3), evaluate(model, tok, s, docs * 3)
     assert a == b and model.training
+
+
+# --------------------------------------------------------------------------- lm-eval interop
+
+
+def lm_eval_items(path: Path) -> Path:
+    """Multiple-choice items over the Python docs, with the edge cases of lm-eval's requests:
+    a context ending in a space, an empty context, a context longer than the model's window."""
+    import re
+    from pydoc_data.topics import topics
+
+    words = re.findall(r"\S+", topics["for"] + " " + topics["if"])
+    items = []
+    for i in range(14):
+        context = " ".join(words[i * 6 : i * 6 + 10]) + (" " if i == 3 else "")
+        choices = [" ".join(words[j : j + 3]) for j in (i * 6 + 10, i * 6 + 50, i * 6 + 90)]
+        items.append({"context": context, "choices": choices, "answer": i % 3})
+    items.append({"context": "", "choices": ["The for", "for The"], "answer": 0})
+    items.append({"context": " ".join(words[:80]), "choices": ["is", "for the"], "answer": 1})
+    return write_lines(path, items)
+
+
+def test_lm_eval_scores_an_exported_model_the_same_as_scratchlm_eval(run, tmp_path, capsys):
+    """`scratchlm export hf`, then EleutherAI's lm_eval on a local YAML task over a local JSONL:
+    every choice's log-likelihood and both accuracies agree with `scratchlm eval`."""
+    pytest.importorskip("lm_eval")
+    import os
+    import subprocess
+    import sys
+
+    from scratchlm.eval.lmeval import lm_eval_task
+
+    items = lm_eval_items(tmp_path / "items.jsonl")
+    lm_eval_task(items, "scratchlm_items", tmp_path / "tasks")
+    hf = tmp_path / "hf"
+    assert main(["export", "hf", str(run.out("pretrain")), str(hf)]) == 0
+    env = os.environ | {"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+                        "TOKENIZERS_PARALLELISM": "false", "HF_HOME": str(tmp_path / "hf_home")}  # fmt: skip
+    cmd = [str(Path(sys.executable).with_name("lm_eval")), "--model", "hf", "--model_args", f"pretrained={hf}",
+           "--tasks", "scratchlm_items", "--include_path", str(tmp_path / "tasks"), "--device", "cpu",
+           "--batch_size", "4", "--output_path", str(tmp_path / "out"), "--log_samples"]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (samples,) = (tmp_path / "out").rglob("samples_scratchlm_items_*.jsonl")
+    theirs = sorted((json.loads(line) for line in samples.read_text().splitlines()), key=lambda r: r["doc_id"])  # fmt: skip
+    theirs_ll = [[float(ll) for ll, _ in r["filtered_resps"]] for r in theirs]
+
+    # Ours, on the run folder and on the exported HF folder.
+    for folder in (run.out("pretrain"), hf):
+        assert main(["eval", str(folder), "--task", f"mc:{items}", "--set", "eval.tasks=[]"]) == 0
+        ours = json.loads((folder / "eval.json").read_text())["tasks"][f"mc:{items}"]
+        assert ours["correct"] == [int(r["acc"]) for r in theirs]
+        assert ours["correct_norm"] == [int(r["acc_norm"]) for r in theirs]
+    from scratchlm.eval.choice import load_items
+    from scratchlm.eval.evaluate import load_model
+
+    model, tok, _ = load_model(hf)
+    ours_ll = score_items(model, tok, load_items(str(items))[0]).loglik
+    worst = max(abs(a - b) for x, y in zip(ours_ll, theirs_ll, strict=True) for a, b in zip(x, y, strict=True))  # fmt: skip
+    assert worst < 1e-3, worst
+    capsys.readouterr()
