@@ -62,6 +62,7 @@ def test_perplexity_of_a_known_distribution_is_the_analytic_value():
     analytic = math.exp(-sum(math.log(p[i]) for i in ids) / len(ids))
     assert result.tokens == len(ids) == 68
     assert result.to_dict()["perplexity"] == pytest.approx(analytic, rel=1e-6)
+    assert perplexity(model, tok, [ids, ids], max_tokens=100).tokens == 100  # cut exactly
 
 
 def test_bits_per_byte_by_hand():

@@ -269,7 +269,9 @@ class EvalSettings:
     max_tokens: int = setting(
         100_000, "perplexity: score at most this many tokens (0 = all)", min=0
     )
-    max_items: int = setting(500, "score at most this many items per task (0 = all)", min=0)
+    max_items: int = setting(
+        500, "items per task: a seeded sample of a file's (0 = all; built-in tasks: 1000)", min=0
+    )
     few_shot: int = setting(0, "solved examples from the same task before each item", min=0)
     seed: int = setting(1234, "seed of the built-in items, item sampling and few-shot picks")
     batch_size: int = setting(16, "sequences per forward pass", min=1)

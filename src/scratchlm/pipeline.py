@@ -224,11 +224,14 @@ def _run_sample(recipe: Recipe, ws: Workspace, out: Path, progress: bool) -> dic
 def _run_eval(recipe: Recipe, ws: Workspace, out: Path, progress: bool) -> dict[str, Any]:
     from scratchlm.eval.evaluate import evaluate_path
     from scratchlm.eval.report import write_report
+    from scratchlm.train.loop import resolve_device
 
     s = recipe.eval
     if not s.heldout:  # the pipeline's own held-out split
         s = dataclasses.replace(s, heldout=str(ws.out("tokenize")))
-    result = evaluate_path(ws.out("pretrain"), s)
+    result = evaluate_path(
+        ws.out("pretrain"), s, device=str(resolve_device(recipe.pretrain.device))
+    )
     write_report(out, result)
     keep = ("items", "acc", "acc_ci", "acc_norm", "chance")
     return {

@@ -60,7 +60,7 @@ def task_items(spec: str, texts: list[str] | None, s: EvalSettings) -> tuple[lis
             raise StageError(
                 f"task {spec} is made from held-out text: pass --text FILE or set eval.heldout"
             )
-        return BUILTIN_TASKS[spec](texts, s.max_items or 500, s.seed), []
+        return BUILTIN_TASKS[spec](texts, s.max_items or 1000, s.seed), []
     if Path(spec.partition(":")[2] or spec).suffix or Path(spec).exists():
         items, skipped = load_items(spec)
         return _subsample(items, s.max_items, s.seed), skipped
@@ -103,7 +103,8 @@ def evaluate(
     result: dict[str, Any] = {"settings": {k: v for k, v in vars(s).items()}}
     if heldout:
         ppl = perplexity(model, tok, heldout, s.stride, s.batch_size, s.max_tokens)
-        result["perplexity"] = ppl.to_dict() | {"stride": s.stride or model.cfg.block_size // 2}
+        stride = s.stride or max(model.cfg.block_size // 2, 1)  # token_logprobs' default
+        result["perplexity"] = ppl.to_dict() | {"stride": stride}
     texts = [tok.decode(d) for d in heldout] if heldout else None
     result["tasks"] = {}
     for spec in tasks if tasks is not None else s.tasks:

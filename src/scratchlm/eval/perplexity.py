@@ -118,11 +118,13 @@ def perplexity(
     """Score documents given as token ids (without separators); stop after `max_tokens`."""
     result = Perplexity()
     for ids in documents:
+        if max_tokens:
+            ids = ids[: max_tokens - result.tokens]  # the last document may be cut short
         if not ids:
             continue
         logp = token_logprobs(model, [tok.eot_id, *ids], stride, batch_size=batch_size)
         result.add(-logp.sum().item(), len(ids), document_bytes(tok, ids))
-        if max_tokens and result.tokens >= max_tokens:
+        if max_tokens and result.tokens == max_tokens:
             break
     if not result.tokens:
         raise StageError("perplexity: the held-out text has no tokens")

@@ -88,6 +88,9 @@ def compare_markdown(rows: list[dict[str, Any]], a: dict[str, Any], b: dict[str,
             f"| {r['task']} | {r['metric']} | {_pct(r['a'])} | {_pct(r['b'])} | {100 * r['difference']:+.1f} | "
             f"{100 * lo:+.1f} to {100 * hi:+.1f} | {r['test']} | {verdict} |"
         )
+    only = sorted(set(a.get("tasks", {})) ^ set(b.get("tasks", {})))
+    if only:
+        lines.append(f"\nnot compared (scored in one run only): {', '.join(only)}")
     pa, pb = a.get("perplexity"), b.get("perplexity")
     if pa and pb:
         lines.append(
