@@ -221,6 +221,10 @@ def test_builtin_tasks_are_made_from_text_alone():
         real = item.choices[item.answer]
         assert len(item.choices) == 4 == len(set(item.choices))
         assert any(item.context + real in t for t in texts)  # the true continuation
+    posts = [f"Post {i} says {i * 7} in {i + 3} words." for i in range(20)]
+    assert len(cloze(posts, 5, seed=0)) == 5  # short documents are read as one text
+    with pytest.raises(StageError, match="at least 30 words"):
+        cloze(["Too short."], 5, seed=0)
     for item in shuffle(texts, 50, seed=1):
         real, fake = item.choices[item.answer], item.choices[1 - item.answer]
         assert sorted(real.split()) == sorted(fake.split()) and real != fake

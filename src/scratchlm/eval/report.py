@@ -22,7 +22,7 @@ def markdown(result: dict[str, Any]) -> str:
         lines += [f"Model: `{model['path']}` ({model['checkpoint']}, {model['parameters']:,} parameters)", ""]  # fmt: skip
     if p := result.get("perplexity"):
         lines += [
-            f"Held-out text: {p['documents']:,} documents, {p['tokens']:,} tokens, {p['bytes']:,} bytes "
+            f"Held-out text: {p['documents']:,} document(s), {p['tokens']:,} tokens, {p['bytes']:,} bytes "
             f"(stride {p['stride']}): perplexity **{p['perplexity']:.2f}**, "
             f"**{p['bits_per_byte']:.4f} bits per byte**",
             "",
@@ -92,7 +92,11 @@ def compare_markdown(rows: list[dict[str, Any]], a: dict[str, Any], b: dict[str,
     if only:
         lines.append(f"\nnot compared (scored in one run only): {', '.join(only)}")
     pa, pb = a.get("perplexity"), b.get("perplexity")
-    if pa and pb:
+    if pa and pb and pa.get("source") != pb.get("source"):
+        lines.append(
+            "\nthe two runs were scored on different held-out text: bits per byte not comparable"
+        )
+    elif pa and pb:
         lines.append(
             f"\nbits per byte: A {pa['bits_per_byte']:.4f}, B {pb['bits_per_byte']:.4f} "
             f"(B - A = {pb['bits_per_byte'] - pa['bits_per_byte']:+.4f})"

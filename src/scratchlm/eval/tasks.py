@@ -26,9 +26,12 @@ WORD = re.compile(r"\S+")
 def _passages(texts: list[str]) -> list[tuple[str, list[re.Match]]]:
     need = CONTEXT_WORDS + CONTINUATION_WORDS
     out = [(t, words) for t in texts if len(words := list(WORD.finditer(t))) >= need]
-    if not out:
+    if not out:  # only short documents (posts, lines): read them as one text
+        joined = "\n\n".join(texts)
+        if len(words := list(WORD.finditer(joined))) >= need:
+            return [(joined, words)]
         raise StageError(
-            f"built-in tasks need held-out documents of at least {need} words; none has that many"
+            f"built-in tasks need at least {need} words of held-out text; there are fewer"
         )
     return out
 
