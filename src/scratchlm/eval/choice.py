@@ -32,9 +32,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from scratchlm.errors import StageError
+from scratchlm.eval.perplexity import target_logprobs
 
 
 @dataclass
@@ -231,16 +231,18 @@ def loglikelihoods(
     order = sorted(range(len(requests)), key=lambda i: -sum(map(len, requests[i])))
     for start in range(0, len(order), batch_size):
         group = order[start : start + batch_size]
-        seqs = [(requests[i][0] + requests[i][1])[-(window + 1) :][:-1] for i in group]
-        batch = torch.zeros(len(group), max(map(len, seqs)), dtype=torch.long)
-        for row, seq in enumerate(seqs):
-            batch[row, : len(seq)] = torch.tensor(seq)  # right padding: causal, never seen
-        logp = F.log_softmax(model(batch.to(device))[0].float(), dim=-1).double().cpu()
+        wholes = [(requests[i][0] + requests[i][1])[-(window + 1) :] for i in group]
+        width = max(len(w) - 1 for w in wholes)
+        inputs = torch.zeros(len(group), width, dtype=torch.long)
+        targets = torch.zeros(len(group), width, dtype=torch.long)
+        for row, whole in enumerate(wholes):
+            inputs[row, : len(whole) - 1] = torch.tensor(whole[:-1])  # right padding: causal
+            targets[row, : len(whole) - 1] = torch.tensor(whole[1:])
+        logp = target_logprobs(model(inputs.to(device))[0], targets.to(device))
         for row, i in enumerate(group):
-            n = len(seqs[row])
-            cont = requests[i][1][-n:]  # a continuation longer than the window: its tail
-            pos = torch.arange(n - len(cont), n)
-            out[i] = logp[row, pos, torch.tensor(cont)].sum().item()
+            n = len(wholes[row]) - 1
+            cont = min(len(requests[i][1]), n)  # a continuation longer than the window: its tail
+            out[i] = logp[row, n - cont : n].sum().item()
     return out
 
 

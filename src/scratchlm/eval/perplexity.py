@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from scratchlm.errors import StageError
 
@@ -37,6 +36,14 @@ def windows(n: int, window: int, stride: int) -> list[tuple[int, int, int]]:
         first, begin = end, begin + stride
         # The last window may hold fewer new tokens than `stride`; it still ends at n.
         begin = min(begin, max(n - window - 1, 0))
+
+
+def target_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log p(target) at each position (B, T), as float64 on the CPU. Only the targets' entries
+    leave the device: a (B, T, vocab) float64 copy would not fit for a 50k vocabulary."""
+    logits = logits.float()
+    picked = logits.gather(-1, targets[..., None])[..., 0] - logits.logsumexp(-1)
+    return picked.double().cpu()
 
 
 @torch.no_grad()
@@ -60,15 +67,14 @@ def token_logprobs(
         group = spans[i : i + batch_size]
         width = max(end - begin - 1 for begin, end, _ in group)
         # Right padding: a causal model's real positions never see the padding after them.
-        batch = torch.zeros(len(group), width, dtype=torch.long)
+        inputs = torch.zeros(len(group), width, dtype=torch.long)
+        targets = torch.zeros(len(group), width, dtype=torch.long)
         for row, (begin, end, _) in enumerate(group):
-            batch[row, : end - begin - 1] = x[begin : end - 1]
-        logits, _ = model(batch.to(device))
-        logp = F.log_softmax(logits.float(), dim=-1).double().cpu()
+            inputs[row, : end - begin - 1] = x[begin : end - 1]
+            targets[row, : end - begin - 1] = x[begin + 1 : end]
+        logp = target_logprobs(model(inputs.to(device))[0], targets.to(device))
         for row, (begin, end, first) in enumerate(group):
-            targets = x[first:end]
-            pos = torch.arange(first - begin - 1, end - begin - 1)
-            out[first - 1 : end - 1] = logp[row, pos, targets]
+            out[first - 1 : end - 1] = logp[row, first - begin - 1 : end - begin - 1]
     return out
 
 
