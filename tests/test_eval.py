@@ -316,6 +316,29 @@ def test_text_file_perplexity_and_settings_are_checked(run, tmp_path, capsys):
     assert "eval.stride=-1" in capsys.readouterr().err
 
 
+def test_a_shard_file_scores_like_its_documents_as_text(run):
+    from scratchlm.eval.perplexity import heldout_documents
+    from scratchlm.train.checkpoint import load_run
+
+    _, tok = load_run(run.out("pretrain"))
+    docs = heldout_documents(run.out("tokenize") / "val_000.bin", tok)
+    assert docs == heldout_documents(run.out("tokenize"), tok)
+    assert len(docs) >= 1 and tok.eot_id not in docs[0]
+
+
+def test_the_hook_settings_are_part_of_the_pretrain_stage_key(run):
+    from scratchlm.pipeline import stage_key
+
+    def key(**eval_settings) -> str:
+        recipe = tiny_recipe(pretrain={"max_steps": 20})
+        recipe.eval = EvalSettings(**eval_settings)
+        return stage_key("pretrain", recipe, run)
+
+    assert key() == key(max_items=7)  # hook off: evaluation settings do not touch pretraining
+    assert key() != key(every_steps=5) != key(every_steps=5, max_items=7)
+    assert key(every_steps=5) == key(every_steps=5, batch_size=3)  # speed only
+
+
 def test_pretraining_hook_logs_task_scores_and_plots_them(run, tmp_path):
     from scratchlm.train.loop import Trainer
 

@@ -201,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--text",
         action="append",
         metavar="FILE",
-        help="held-out text (.txt/.md/.jsonl) for perplexity and built-in tasks (default: eval.heldout)",
+        help="held-out text (.txt/.md/.jsonl) or token shard (.bin, a tokens folder) for perplexity and built-in tasks (default: eval.heldout)",
     )
     p.add_argument(
         "--compare",

@@ -262,7 +262,7 @@ class EvalSettings:
     )
     heldout: str = setting(
         "",
-        "held-out text for perplexity and the built-in tasks: a tokens folder or text/JSONL file "
+        "held-out text for perplexity and the built-in tasks: a tokens folder, .bin shard or text/JSONL file "
         "('' = <work>/tokens beside the run)",
     )
     stride: int = setting(0, "sliding-window stride in tokens (0 = half the context)", min=0)

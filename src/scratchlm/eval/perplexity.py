@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from scratchlm.errors import StageError
@@ -178,8 +179,24 @@ def text_documents(path: Path, text_field: str = "text") -> list[str]:
     return texts
 
 
+def bin_documents(path: Path, tok: Any) -> list[list[int]]:
+    """The documents of one raw shard file (train_000.bin, ...) made with `tok`."""
+    from scratchlm.tokenizer.shards import token_dtype
+
+    ids = np.fromfile(path, dtype=token_dtype(tok.vocab_size)).astype(np.int64)
+    if len(ids) and ids.max() >= tok.vocab_size:
+        raise StageError(f"{path}: token id {ids.max()} is outside the model's tokenizer")
+    # Each document is followed by <|endoftext|>: split after each one and drop it.
+    pieces = np.split(ids, np.flatnonzero(ids == tok.eot_id) + 1)
+    docs = [p[p != tok.eot_id] for p in pieces]
+    return [d.tolist() for d in docs if len(d)]
+
+
 def heldout_documents(source: Path, tok: Any) -> list[list[int]]:
-    """Token ids of each held-out document from a tokens folder or a text / JSONL file."""
+    """Token ids of each held-out document from a tokens folder, a .bin shard or a text /
+    JSONL file."""
     if source.is_dir():
         return list(shard_documents(source, tok))
+    if source.suffix == ".bin" and source.is_file():
+        return bin_documents(source, tok)
     return [tok.encode(t) for t in text_documents(source)]
