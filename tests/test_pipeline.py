@@ -63,6 +63,12 @@ def test_changed_settings_rerun_that_stage_and_what_depends_on_it(done):
     assert ran(run_pipeline(recipe, ws, progress=False)) == ["sample"]
     recipe.eval.max_items = 20
     assert ran(run_pipeline(recipe, ws, progress=False)) == ["eval"]
+    task = ws.root / "task.jsonl"
+    task.write_text('{"context": "The", "choices": ["for", "if"], "answer": 0}\n')
+    recipe.eval.tasks = ["cloze", f"mc:{task}"]
+    assert ran(run_pipeline(recipe, ws, progress=False)) == ["eval"]
+    task.write_text('{"context": "The", "choices": ["for", "if"], "answer": 1}\n')
+    assert ran(run_pipeline(recipe, ws, progress=False)) == ["eval"]  # the file changed
     recipe.eval.batch_size = 3  # speed only: same scores
     assert ran(run_pipeline(recipe, ws, progress=False)) == []
 

@@ -116,6 +116,10 @@ def stage_key(stage: str, recipe: Recipe, ws: Workspace) -> str:
         payload["settings"]["eval"] = _settings(recipe, "eval") | {
             "every_steps": recipe.eval.every_steps
         }
+    if stage == "eval":
+        from scratchlm.eval.evaluate import input_files
+
+        payload["files"] = {str(p): file_sha256(p) for p in input_files(recipe.eval)}
     if stage == "curate":
         from scratchlm.data.sources import fingerprint_sources
 

@@ -53,6 +53,14 @@ def _subsample(items: list[Item], limit: int, seed: int) -> list[Item]:
     return [items[i] for i in keep]
 
 
+def input_files(s: EvalSettings) -> list[Path]:
+    """The files an evaluation reads besides the run: task files and a held-out file (the
+    pipeline hashes them into the eval stage's key, so an edited file re-runs it)."""
+    specs = [t for t in s.tasks if t not in BUILTIN_TASKS] + ([s.heldout] if s.heldout else [])
+    paths = [Path(spec.partition(":")[2]) if ":" in spec else Path(spec) for spec in specs]
+    return [p for p in paths if p.is_file()]
+
+
 def task_items(spec: str, texts: list[str] | None, s: EvalSettings) -> tuple[list[Item], list[int]]:
     """The items of a built-in task (made from `texts`) or of a task file, and skipped lines."""
     if spec in BUILTIN_TASKS:
