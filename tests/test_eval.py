@@ -353,6 +353,15 @@ def test_pretraining_hook_logs_task_scores_and_plots_them(run, tmp_path):
     assert (out / "tasks.png").is_file()
 
 
+def test_items_a_character_vocabulary_cannot_spell_are_left_out_and_counted(tmp_path):
+    tok = CharTokenizer("abcdefg ")
+    model = constant_model(torch.full((tok.vocab_size,), -math.log(tok.vocab_size)))
+    items = write_lines(tmp_path / "t.jsonl", [{"context": "abc", "choices": ["d", "e"], "answer": 0},
+                                               {"context": "xyz", "choices": ["d", "e"], "answer": 0}])  # fmt: skip
+    result = evaluate(model, tok, EvalSettings(), tasks=[str(items)])["tasks"][str(items)]
+    assert result["items"] == 1 and result["unencodable_items"] == 1
+
+
 def test_evaluate_is_deterministic_and_leaves_the_model_mode_alone(run):
     from scratchlm.train.checkpoint import load_run
 

@@ -97,6 +97,22 @@ def task_result(
     }
 
 
+def _encodable(items: list[Item], tok: Any, spec: str) -> tuple[list[Item], int]:
+    """A character-level vocabulary cannot spell every text: such items are dropped, counted."""
+    if getattr(tok, "kind", "bpe") != "char":
+        return items, 0
+    ok = []
+    for item in items:
+        try:
+            tok.encode(item.context + "".join(item.delimiter + c for c in item.choices))
+            ok.append(item)
+        except StageError:
+            pass
+    if not ok:
+        raise StageError(f"task {spec}: no item can be written in this character-level vocabulary")
+    return ok, len(items) - len(ok)
+
+
 @torch.no_grad()
 def evaluate(
     model: torch.nn.Module,
@@ -117,9 +133,11 @@ def evaluate(
     result["tasks"] = {}
     for spec in tasks if tasks is not None else s.tasks:
         items, skipped = task_items(spec, texts, s)
+        items, unencodable = _encodable(items, tok, spec)
         result["tasks"][spec] = task_result(model, tok, items, s) | {
             "skipped_lines": len(skipped),
             "first_skipped": skipped[:10],
+            "unencodable_items": unencodable,
         }
     model.train(was_training)
     return result

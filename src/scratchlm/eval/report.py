@@ -40,6 +40,11 @@ def markdown(result: dict[str, Any]) -> str:
                 f"{_pct(t['acc_norm'])} | {_pct(nlo)}-{_pct(nhi)} | {_pct(t['chance'])} | {t['few_shot']} |"
             )
         skipped = {n: t["skipped_lines"] for n, t in result["tasks"].items() if t.get("skipped_lines")}  # fmt: skip
+        for name, t in result["tasks"].items():
+            if t.get("unencodable_items"):
+                lines.append(
+                    f"\n{name}: {t['unencodable_items']} item(s) use characters outside the vocabulary, left out"
+                )
         for name, count in skipped.items():
             first = ", ".join(map(str, result["tasks"][name]["first_skipped"]))
             lines.append(f"\n{name}: {count} malformed line(s) skipped (lines {first}...)")
