@@ -34,6 +34,10 @@ def test_whole_chain_learns(tmp_path, write_recipe):
     for name in ("config.yaml", "tokenizer.json", "settings.yaml", "manifest.json"):
         assert (run / name).is_file()
     assert (work / "curated" / "report.json").is_file()
+    # The final report ends with the built-in sanity tasks, scored on the held-out split.
+    assert "--- evaluation" in proc.stdout and "| cloze |" in proc.stdout
+    report = json.loads((work / "eval" / "eval.json").read_text())
+    assert set(report["tasks"]) == {"cloze", "shuffle"} and report["perplexity"]["bytes"] > 0
     samples = json.loads((work / "samples" / "samples.json").read_text())
     assert samples[0]["prompt"] == "The " and samples[0]["trained"].startswith("The ")
 

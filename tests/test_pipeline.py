@@ -39,7 +39,7 @@ def done(tmp_path):
     )
     ws = Workspace(tmp_path / "work", recipe.pretrain.name)
     results = run_pipeline(recipe, ws, progress=False)
-    assert ran(results) == ["curate", "tokenizer", "tokenize", "pretrain", "sample"]
+    assert ran(results) == ["curate", "tokenizer", "tokenize", "pretrain", "sample", "eval"]
     return recipe, ws, folder
 
 
@@ -53,9 +53,24 @@ def test_second_run_skips_every_stage(done):
 def test_changed_settings_rerun_that_stage_and_what_depends_on_it(done):
     recipe, ws, _ = done
     recipe.tokenize.seed = 99
-    assert ran(run_pipeline(recipe, ws, progress=False)) == ["tokenize", "pretrain", "sample"]
+    assert ran(run_pipeline(recipe, ws, progress=False)) == [
+        "tokenize",
+        "pretrain",
+        "sample",
+        "eval",
+    ]
     recipe.generate.max_new_tokens = 5
     assert ran(run_pipeline(recipe, ws, progress=False)) == ["sample"]
+    recipe.eval.max_items = 20
+    assert ran(run_pipeline(recipe, ws, progress=False)) == ["eval"]
+    task = ws.root / "task.jsonl"
+    task.write_text('{"context": "The", "choices": ["for", "if"], "answer": 0}\n')
+    recipe.eval.tasks = ["cloze", f"mc:{task}"]
+    assert ran(run_pipeline(recipe, ws, progress=False)) == ["eval"]
+    task.write_text('{"context": "The", "choices": ["for", "if"], "answer": 1}\n')
+    assert ran(run_pipeline(recipe, ws, progress=False)) == ["eval"]  # the file changed
+    recipe.eval.batch_size = 3  # speed only: same scores
+    assert ran(run_pipeline(recipe, ws, progress=False)) == []
 
 
 def test_changed_input_file_reruns_from_curation(done):
@@ -67,6 +82,7 @@ def test_changed_input_file_reruns_from_curation(done):
         "tokenize",
         "pretrain",
         "sample",
+        "eval",
     ]
 
 
@@ -144,7 +160,12 @@ def test_crash_while_tokenizing_leaves_no_partial_shard(tmp_path, monkeypatch):
     assert not ws.out("tokenize").exists()
     assert sorted(p.name for p in ws.root.iterdir()) == ["curated", "tokenizer"]
     monkeypatch.setattr(Tokenizer, "encode_batch", real)
-    assert ran(run_pipeline(recipe, ws, progress=False)) == ["tokenize", "pretrain", "sample"]
+    assert ran(run_pipeline(recipe, ws, progress=False)) == [
+        "tokenize",
+        "pretrain",
+        "sample",
+        "eval",
+    ]
 
 
 def test_interrupted_stage_reruns(tmp_path, write_recipe):
@@ -173,4 +194,4 @@ def test_interrupted_stage_reruns(tmp_path, write_recipe):
     )
 
     recipe.pretrain.max_steps = 20  # the same interrupted stage, now short enough to finish
-    assert ran(run_pipeline(recipe, ws, progress=False)) == ["pretrain", "sample"]
+    assert ran(run_pipeline(recipe, ws, progress=False)) == ["pretrain", "sample", "eval"]

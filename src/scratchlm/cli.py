@@ -184,6 +184,36 @@ def build_parser() -> argparse.ArgumentParser:
         "--mfu", type=float, default=0.4, help="expected model FLOP utilisation (default 0.4)"
     )
 
+    desc = "Evaluate a run: perplexity, bits per byte and multiple-choice tasks with 95% intervals"
+    p = sub.add_parser(
+        "eval",
+        help=desc,
+        description=desc + ". Writes eval.json and eval.md into the run folder.",
+        epilog=_settings_help(("eval",)),
+        formatter_class=fmt,
+    )
+    p.add_argument("run", nargs="?", help="a run folder, or an HF folder from `export hf`")
+    p.add_argument(
+        "--task",
+        action="append",
+        metavar="NAME_OR_FILE",
+        help="cloze, shuffle, or a task file (.jsonl/.csv, FORMAT:PATH); repeatable (default: eval.tasks)",
+    )
+    p.add_argument(
+        "--text",
+        action="append",
+        metavar="FILE",
+        help="held-out text (.txt/.md/.jsonl) or token shard (.bin, a tokens folder) for perplexity and built-in tasks (default: eval.heldout)",
+    )
+    p.add_argument(
+        "--compare",
+        nargs=2,
+        metavar=("RUN_A", "RUN_B"),
+        help="is B better than A beyond the noise? (reads their eval.json, or evaluates)",
+    )
+    p.add_argument("--device", default="auto", help="cpu, cuda, mps or auto (default)")
+    _add_set(p, "eval.few_shot=5")
+
     desc = "Sample text from a trained run folder"
     p = sub.add_parser(
         "generate",
@@ -252,6 +282,10 @@ def _describe(result: Any) -> str:
         if s["task"] == "sft":
             return f"sft on {s['examples']['train']:,} conversations, val loss {s['initial_val_loss']:.3f} -> {s['final_val_loss']:.3f}"
         return f"{s['task']}, {s['steps']} steps"
+    if result.stage == "eval":
+        tasks = ", ".join(f"{n} {100 * t['acc']:.0f}%" for n, t in s["tasks"].items())
+        bpb = f"{s['perplexity']['bits_per_byte']:.3f} bits/byte, " if s.get("perplexity") else ""
+        return bpb + tasks
     return f"{len(s.get('samples', []))} samples"
 
 
@@ -294,12 +328,16 @@ def cmd_run(args: argparse.Namespace, recipe: Recipe) -> None:
     results = run_pipeline(
         recipe, ws, tuple(args.force), progress=not args.quiet, on_result=_print_result
     )
-    _print_samples(results[-1].summary.get("samples", []))
-    tuned = next((r for r in results if r.stage == "finetune"), None)
+    by_stage = {r.stage: r for r in results}
+    _print_samples(by_stage["sample"].summary.get("samples", []))
+    tuned = by_stage.get("finetune")
     for a in tuned.summary.get("answers", []) if tuned else []:
         print(f"\n--- fine-tuning ({tuned.summary['task']}), asked: {a['prompt']!r}")
         print(f"pretrained model answers:\n  {a['before']}")
         print(f"fine-tuned model answers:\n  {a['after']}")
+    if "eval" in by_stage:
+        print(f"\n--- evaluation ({by_stage['eval'].out / 'eval.md'})\n")
+        print((by_stage["eval"].out / "eval.md").read_text(), end="")
     run_dir = ws.out("pretrain")
     ran = sum(r.ran for r in results)
     prompt = _shell_quote(recipe.generate.prompts[0] if recipe.generate.prompts else "Hello")
@@ -316,8 +354,10 @@ def cmd_run(args: argparse.Namespace, recipe: Recipe) -> None:
         f"  token shards       {ws.out('tokenize')}\n"
         f"  model run          {run_dir}  (config.yaml, metrics.jsonl, checkpoints/)\n"
         + (f"  fine-tuned run     {tuned.out}\n" if tuned else "")
-        + f"\nNext:\n"
+        + f"  evaluation         {ws.out('eval')}/eval.md\n"
+        f"\nNext:\n"
         f"  scratchlm generate {run_dir} --prompt {prompt}\n"
+        f"  scratchlm eval {run_dir}                # perplexity, bits per byte, tasks with 95% intervals\n"
         f"  scratchlm run{rec}{work} --set pretrain.max_steps={recipe.pretrain.max_steps * 2} --resume   # train longer, from the last checkpoint\n"
         f"  scratchlm run --help                                # every setting"
     )
@@ -422,6 +462,58 @@ def cmd_classify(args: argparse.Namespace) -> None:
         print(json.dumps(result, ensure_ascii=False))
 
 
+def _eval_settings(run: Path, overrides: list[str]) -> Any:
+    """The run's eval section (defaults for an HF folder or an older run), with --set applied."""
+    import yaml
+
+    from scratchlm.config import EvalSettings, apply_overrides, build
+
+    config = run / "config.yaml"
+    saved = (yaml.safe_load(config.read_text()) or {}).get("eval") if config.is_file() else None
+    data = apply_overrides({"eval": saved or {}}, overrides)
+    if other := sorted(set(data) - {"eval"}):
+        raise SettingsError(f"scratchlm eval takes eval.* settings only, not {other[0]}.*")
+    return build(EvalSettings, data["eval"], "eval.")
+
+
+def _evaluated(run: Path, args: argparse.Namespace, reuse: bool) -> dict[str, Any]:
+    from scratchlm.eval.evaluate import evaluate_path
+    from scratchlm.eval.report import read_report, write_report
+    from scratchlm.train.loop import resolve_device
+
+    if reuse and (done := read_report(run)) is not None:
+        return done
+    result = evaluate_path(
+        run,
+        _eval_settings(run, args.overrides),
+        args.task,
+        args.text,
+        str(resolve_device(args.device)),
+    )
+    write_report(run, result)
+    return result
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from scratchlm.eval.report import compare, compare_markdown, markdown
+
+    if args.compare:
+        a, b = (Path(r) for r in args.compare)
+        # Fresh scores when the command says what to score; otherwise each run's eval.json.
+        reuse = not (args.task or args.text or args.overrides)
+        ra, rb = _evaluated(a, args, reuse), _evaluated(b, args, reuse)
+        resamples = _eval_settings(a, args.overrides).bootstrap
+        print(f"A = {a}\nB = {b}\n")
+        print(compare_markdown(compare(ra, rb, resamples), ra, rb), end="")
+        return
+    if not args.run:
+        raise SettingsError("scratchlm eval: give a run folder, or --compare RUN_A RUN_B")
+    run = Path(args.run)
+    result = _evaluated(run, args, reuse=False)
+    print(markdown(result), end="")
+    print(f"\n{run / 'eval.json'}\n{run / 'eval.md'}")
+
+
 def _tokenizer_path(path: str) -> Path:
     p = Path(path)
     return p / "tokenizer.json" if p.is_dir() else p
@@ -518,6 +610,9 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "classify":
             cmd_classify(args)
+            return 0
+        if args.command == "eval":
+            cmd_eval(args)
             return 0
         if args.command == "plan":
             from scratchlm.train.plan import describe, plan

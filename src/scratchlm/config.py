@@ -469,6 +469,34 @@ class GenerateSettings:
 
 
 @dataclass
+class EvalSettings:
+    tasks: list[str] = setting(
+        ["cloze", "shuffle"],
+        "built-in sanity tasks (cloze, shuffle) or multiple-choice files (.jsonl/.csv; FORMAT:PATH forces "
+        "hellaswag, arc, piqa, mmlu or mc)",
+    )
+    heldout: str = setting(
+        "",
+        "held-out text for perplexity and the built-in tasks: a tokens folder, .bin shard or text/JSONL file "
+        "('' = <work>/tokens beside the run)",
+    )
+    stride: int = setting(0, "sliding-window stride in tokens (0 = half the context)", min=0)
+    max_tokens: int = setting(
+        100_000, "perplexity: score at most this many tokens (0 = all)", min=0
+    )
+    max_items: int = setting(
+        500, "items per task: a seeded sample of a file's (0 = all; built-in tasks: 1000)", min=0
+    )
+    few_shot: int = setting(0, "solved examples from the same task before each item", min=0)
+    seed: int = setting(1234, "seed of the built-in items, item sampling and few-shot picks")
+    batch_size: int = setting(16, "sequences per forward pass", min=1)
+    bootstrap: int = setting(10_000, "bootstrap resamples for --compare", min=100)
+    every_steps: int = setting(
+        0, "pretraining: score the tasks every N steps into metrics.jsonl (0 = off)", min=0
+    )
+
+
+@dataclass
 class Recipe:
     name: str = setting("demo", "recipe name; the default work folder is work/<name>")
     curate: CurateSettings = field(default_factory=CurateSettings)
@@ -479,6 +507,7 @@ class Recipe:
     parallel: ParallelSettings = field(default_factory=ParallelSettings)
     finetune: FinetuneSettings = field(default_factory=FinetuneSettings)
     generate: GenerateSettings = field(default_factory=GenerateSettings)
+    eval: EvalSettings = field(default_factory=EvalSettings)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

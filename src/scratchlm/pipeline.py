@@ -6,6 +6,7 @@
     <work>/runs/NAME/  pretrain    token shards -> checkpoints
     <work>/runs/NAME-TASK/  finetune   pretrained run -> tuned run (only if finetune.data is set)
     <work>/samples/    sample      checkpoint -> text before and after training
+    <work>/eval/       eval        checkpoint + held-out tokens -> eval.json, eval.md
 
 Each stage ends by writing `manifest.json` (atomically, last) with a key: the hash of its
 settings, of its upstream stages' outputs and of its source files. A stage whose manifest
@@ -32,7 +33,7 @@ from scratchlm.config import Recipe
 from scratchlm.errors import StageError
 from scratchlm.io import atomic_dir, atomic_write_json, file_sha256, json_sha256
 
-STAGES = ("curate", "tokenizer", "tokenize", "pretrain", "finetune", "sample")
+STAGES = ("curate", "tokenizer", "tokenize", "pretrain", "finetune", "sample", "eval")
 SECTIONS = {  # which recipe sections decide each stage's output
     "curate": ("curate",),
     "tokenizer": ("tokenizer",),
@@ -40,6 +41,7 @@ SECTIONS = {  # which recipe sections decide each stage's output
     "pretrain": ("model", "pretrain"),
     "finetune": ("finetune",),
     "sample": ("generate",),
+    "eval": ("eval",),
 }
 UPSTREAM = {
     "curate": (),
@@ -48,12 +50,25 @@ UPSTREAM = {
     "pretrain": ("tokenizer", "tokenize"),
     "finetune": ("pretrain",),
     "sample": ("pretrain",),
+    "eval": ("tokenize", "pretrain"),
 }
 # Settings that change only how fast a stage runs, never what it writes: not part of its key.
-SPEED_ONLY = {"tokenizer": {"workers"}, "tokenize": {"threads"}, "finetune": {"threads"}}
+SPEED_ONLY = {
+    "curate": {"workers", "executor"},
+    "tokenizer": {"workers"},
+    "tokenize": {"threads"},
+    "finetune": {"threads"},
+    "eval": {"batch_size", "bootstrap", "every_steps"},
+}
 # What a report says about timing changes from run to run; the output digest ignores it.
 VOLATILE_KEYS = {"seconds", "tokens_per_second"}
-FOLDERS = {"curate": "curated", "tokenizer": "tokenizer", "tokenize": "tokens", "sample": "samples"}
+FOLDERS = {
+    "curate": "curated",
+    "tokenizer": "tokenizer",
+    "tokenize": "tokens",
+    "sample": "samples",
+    "eval": "eval",
+}
 MANIFEST = "manifest.json"
 
 
@@ -115,6 +130,14 @@ def stage_key(stage: str, recipe: Recipe, ws: Workspace) -> str:
                 f"stage {stage} needs the output of stage {up} in {ws.out(up)}: run `scratchlm {_command(up)}` first"
             )
         payload["upstream"][up] = manifest["digest"]
+    if stage == "pretrain" and recipe.eval.every_steps:  # the hook's scores are in its metrics
+        payload["settings"]["eval"] = _settings(recipe, "eval") | {
+            "every_steps": recipe.eval.every_steps
+        }
+    if stage == "eval":
+        from scratchlm.eval.evaluate import input_files
+
+        payload["files"] = {str(p): file_sha256(p) for p in input_files(recipe.eval)}
     if stage == "curate":
         from scratchlm.data.sources import fingerprint_sources
 
@@ -226,6 +249,25 @@ def _run_sample(recipe: Recipe, ws: Workspace, out: Path, progress: bool) -> dic
     return {"samples": samples}
 
 
+def _run_eval(recipe: Recipe, ws: Workspace, out: Path, progress: bool) -> dict[str, Any]:
+    from scratchlm.eval.evaluate import evaluate_path
+    from scratchlm.eval.report import write_report
+    from scratchlm.train.loop import resolve_device
+
+    s = recipe.eval
+    if not s.heldout:  # the pipeline's own held-out split
+        s = dataclasses.replace(s, heldout=str(ws.out("tokenize")))
+    result = evaluate_path(
+        ws.out("pretrain"), s, device=str(resolve_device(recipe.pretrain.device))
+    )
+    write_report(out, result)
+    keep = ("items", "acc", "acc_ci", "acc_norm", "chance")
+    return {
+        "perplexity": result.get("perplexity"),
+        "tasks": {n: {k: t[k] for k in keep} for n, t in result["tasks"].items()},
+    }
+
+
 RUNNERS: dict[str, Callable[[Recipe, Workspace, Path, bool], dict[str, Any]]] = {
     "curate": _run_curate,
     "tokenizer": _run_tokenizer,
@@ -233,6 +275,7 @@ RUNNERS: dict[str, Callable[[Recipe, Workspace, Path, bool], dict[str, Any]]] = 
     "pretrain": _run_pretrain,
     "finetune": _run_finetune,
     "sample": _run_sample,
+    "eval": _run_eval,
 }
 
 

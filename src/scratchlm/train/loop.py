@@ -197,6 +197,12 @@ class Trainer:
         self.external: Any = None  # the TensorBoard / W&B writer while running
         self._metrics: Any = None  # metrics.jsonl, open while running
         self._tokenizer: Any = None  # loaded on the first text sample
+        self.tasks: dict[str, Any] = {}  # eval.every_steps: the task items, made once
+        if recipe.eval.every_steps:
+            from scratchlm.eval.evaluate import hook_tasks
+
+            self._tokenizer = load_tokenizer(run_dir / "tokenizer.json")
+            self.tasks = hook_tasks(recipe.eval, tokens_dir, self._tokenizer)
 
     # ------------------------------------------------------------------ resume and save
 
@@ -237,6 +243,8 @@ class Trainer:
             if "val_loss" in r:
                 self.history["val"].append((r["step"], r["val_loss"]))
                 self.best_val = min(self.best_val, r["val_loss"])  # saved before its own eval
+            for key in (k for k in r if k.startswith("acc/")):
+                self.history.setdefault(key, []).append((r["step"], r[key]))
         self._log_line(f"resumed from {ckpt} at step {self.step}")
 
     def _load_full_state(self) -> dict[str, Any] | None:
@@ -378,7 +386,7 @@ class Trainer:
         log = self.run_dir / "metrics.jsonl" if self.dist.main else os.devnull
         with open(log, "a") as self._metrics:
             if self.step == 0:
-                self._record_val(self.evaluate())
+                self._record_val(self.evaluate(), self._task_scores(due=True))
             self._train(start)
         history = self.history["val"]
         seconds = time.time() - start
@@ -461,13 +469,17 @@ class Trainer:
             ckpt = (
                 self.save()
             )  # before evaluating: an evaluation that runs out of memory loses nothing
+        scores = self._task_scores(done or self.step % max(self.recipe.eval.every_steps, 1) == 0)
         if done or self.step % s.eval_every == 0:
             val = self.evaluate()
             self.best_val = min(self.best_val, val)
-            self._record_val(val)
+            self._record_val(val, scores)
             self._plot()
             if ckpt is not None:
                 self._annotate(ckpt, val)
+        elif scores:
+            self._record({"step": self.step, **scores})
+            self._plot()
         # Sampling runs the model on rank 0 alone: fine for whole replicas, not for shards.
         if (
             s.sample_every
@@ -477,6 +489,19 @@ class Trainer:
         ):
             self._sample()
         return ckpt is not None
+
+    @torch.no_grad()
+    def _task_scores(self, due: bool) -> dict[str, float]:
+        """Accuracy on eval.tasks (the pretraining hook), when it is on and due at this step."""
+        if not (self.tasks and due):
+            return {}
+        from scratchlm.eval.evaluate import hook_scores
+
+        self.model.eval()
+        with autocast_for(self.device):
+            scores = hook_scores(self.model, self._tokenizer, self.tasks, self.recipe.eval)
+        self.model.train()
+        return scores
 
     def _annotate(self, ckpt: Path, val_loss: float) -> None:
         """Add the validation loss, measured after saving, to the checkpoint's meta."""
@@ -495,11 +520,14 @@ class Trainer:
             self.history["train"].append((record["step"], record["loss"]))
         if "val_loss" in record:
             self.history["val"].append((record["step"], record["val_loss"]))
+        for key in (k for k in record if k.startswith("acc/")):
+            self.history.setdefault(key, []).append((record["step"], record[key]))
         if self.external:
             self.external(record)
 
-    def _record_val(self, val: float) -> None:
-        self._record({"step": self.step, "val_loss": val, "val_ppl": math.exp(min(val, 50))})
+    def _record_val(self, val: float, scores: dict[str, float] | None = None) -> None:
+        record = {"step": self.step, "val_loss": val, "val_ppl": math.exp(min(val, 50))}
+        self._record(record | (scores or {}))
 
     def _log_line(self, text: str) -> None:
         if self.progress:
@@ -512,6 +540,10 @@ class Trainer:
             return
 
         plot_losses(self.history, self.run_dir / "loss.png", title=self.s.name)
+        if scores := {k: v for k, v in self.history.items() if k.startswith("acc/")}:
+            from scratchlm.train.plots import plot_scores
+
+            plot_scores(scores, self.run_dir / "tasks.png", title=self.s.name)
 
     def _sample(self) -> None:
         from scratchlm.infer.generate import generate_text

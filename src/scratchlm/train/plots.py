@@ -30,3 +30,26 @@ def plot_losses(history: dict[str, list[tuple[int, float]]], path: Path, title: 
     fig.savefig(tmp)
     plt.close(fig)
     os.replace(tmp, path)
+
+
+def plot_scores(scores: dict[str, list[tuple[int, float]]], path: Path, title: str = "") -> None:
+    """Task accuracies (the eval.every_steps hook) against steps; atomic write."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    for name, points in sorted(scores.items()):
+        steps, values = zip(*points, strict=True)
+        ax.plot(steps, [100 * v for v in values], "o-", markersize=3, label=name)
+    ax.set_xlabel("step")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)

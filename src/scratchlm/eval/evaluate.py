@@ -1,0 +1,192 @@
+"""`scratchlm eval`: load a model, score perplexity and tasks, return one JSON-able result.
+
+evaluate(model, tok, settings, heldout)   the numbers, for any model in memory
+evaluate_path(path, settings, ...)        a run folder or an `export hf` folder, end to end
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from scratchlm.config import EvalSettings
+from scratchlm.errors import StageError
+from scratchlm.eval.choice import Item, load_items, score_items
+from scratchlm.eval.perplexity import heldout_documents, perplexity
+from scratchlm.eval.stats import wilson
+from scratchlm.eval.tasks import BUILTIN_TASKS
+
+
+def load_model(path: Path, device: str = "cpu") -> tuple[torch.nn.Module, Any, str]:
+    """(model, tokenizer, checkpoint name) of a run folder or an HF folder from `export hf`."""
+    if (path / "config.yaml").is_file():
+        from scratchlm.train.checkpoint import latest_checkpoint, load_run
+
+        model, tok = load_run(path, device)
+        return model, tok, latest_checkpoint(path).name
+    if (path / "config.json").is_file():
+        from scratchlm.export.hf import import_hf
+        from scratchlm.model.gpt import GPT
+        from scratchlm.tokenizer.formats import import_tokenizer
+
+        cfg, state = import_hf(path)
+        model = GPT(cfg)
+        model.load_state_dict(state)
+        return model.to(device).eval(), import_tokenizer(path), "hf"
+    raise StageError(f"{path} is neither a run folder (config.yaml) nor an HF folder (config.json)")
+
+
+def default_heldout(run_dir: Path) -> Path | None:
+    """The pipeline's token shards beside a run (<work>/runs/NAME -> <work>/tokens), if any."""
+    tokens = run_dir.parent.parent / "tokens"
+    return tokens if (tokens / "meta.json").is_file() else None
+
+
+def _subsample(items: list[Item], limit: int, seed: int) -> list[Item]:
+    # A seeded sample, kept in file order: two runs with the same settings get the same items.
+    if not limit or len(items) <= limit:
+        return items
+    keep = sorted(random.Random(seed).sample(range(len(items)), limit))
+    return [items[i] for i in keep]
+
+
+def input_files(s: EvalSettings) -> list[Path]:
+    """The files an evaluation reads besides the run: task files and a held-out file (the
+    pipeline hashes them into the eval stage's key, so an edited file re-runs it)."""
+    specs = [t for t in s.tasks if t not in BUILTIN_TASKS] + ([s.heldout] if s.heldout else [])
+    paths = [Path(spec.partition(":")[2]) if ":" in spec else Path(spec) for spec in specs]
+    return [p for p in paths if p.is_file()]
+
+
+def task_items(spec: str, texts: list[str] | None, s: EvalSettings) -> tuple[list[Item], list[int]]:
+    """The items of a built-in task (made from `texts`) or of a task file, and skipped lines."""
+    if spec in BUILTIN_TASKS:
+        if not texts:
+            raise StageError(
+                f"task {spec} is made from held-out text: pass --text FILE or set eval.heldout"
+            )
+        return BUILTIN_TASKS[spec](texts, s.max_items or 1000, s.seed), []
+    if Path(spec.partition(":")[2] or spec).suffix or Path(spec).exists():
+        items, skipped = load_items(spec)
+        return _subsample(items, s.max_items, s.seed), skipped
+    raise StageError(
+        f"task {spec!r}: neither a built-in task ({', '.join(BUILTIN_TASKS)}) nor a file"
+    )
+
+
+def task_result(
+    model: torch.nn.Module, tok: Any, items: list[Item], s: EvalSettings
+) -> dict[str, Any]:
+    scores = score_items(model, tok, items, s.few_shot, s.seed, s.batch_size)
+    n = len(items)
+    k, k_norm = sum(scores.correct), sum(scores.correct_norm)
+    return {
+        "items": n,
+        "acc": k / n,
+        "acc_ci": list(wilson(k, n)),
+        "acc_norm": k_norm / n,
+        "acc_norm_ci": list(wilson(k_norm, n)),
+        "chance": sum(1 / len(it.choices) for it in items) / n,
+        "few_shot": s.few_shot,
+        "correct": scores.correct,
+        "correct_norm": scores.correct_norm,
+        "item_ids": [it.id for it in items],
+    }
+
+
+def _encodable(items: list[Item], tok: Any, spec: str) -> tuple[list[Item], int]:
+    """A character-level vocabulary cannot spell every text: such items are dropped, counted."""
+    if getattr(tok, "kind", "bpe") != "char":
+        return items, 0
+    ok = []
+    for item in items:
+        try:
+            tok.encode(item.context + "".join(item.delimiter + c for c in item.choices))
+            ok.append(item)
+        except StageError:
+            pass
+    if not ok:
+        raise StageError(f"task {spec}: no item can be written in this character-level vocabulary")
+    return ok, len(items) - len(ok)
+
+
+@torch.no_grad()
+def evaluate(
+    model: torch.nn.Module,
+    tok: Any,
+    s: EvalSettings,
+    heldout: list[list[int]] | None = None,
+    tasks: list[str] | None = None,
+) -> dict[str, Any]:
+    """Perplexity on `heldout` documents (token ids) and accuracy on each task."""
+    was_training = model.training
+    model.eval()
+    result: dict[str, Any] = {"settings": {k: v for k, v in vars(s).items()}}
+    if heldout:
+        ppl = perplexity(model, tok, heldout, s.stride, s.batch_size, s.max_tokens)
+        stride = s.stride or max(model.cfg.block_size // 2, 1)  # token_logprobs' default
+        result["perplexity"] = ppl.to_dict() | {"stride": stride}
+    texts = [tok.decode(d) for d in heldout] if heldout else None
+    result["tasks"] = {}
+    for spec in tasks if tasks is not None else s.tasks:
+        items, skipped = task_items(spec, texts, s)
+        items, unencodable = _encodable(items, tok, spec)
+        result["tasks"][spec] = task_result(model, tok, items, s) | {
+            "skipped_lines": len(skipped),
+            "first_skipped": skipped[:10],
+            "unencodable_items": unencodable,
+        }
+    model.train(was_training)
+    return result
+
+
+def evaluate_path(
+    path: Path,
+    s: EvalSettings,
+    tasks: list[str] | None = None,
+    text: list[str] | None = None,
+    device: str = "cpu",
+) -> dict[str, Any]:
+    """Evaluate a run or HF folder; held-out text from `text` files, eval.heldout or the
+    pipeline's tokens beside the run."""
+    if not path.is_dir():
+        raise StageError(f"{path}: no such run folder")
+    model, tok, ckpt = load_model(path, device)
+    sources = [Path(t) for t in text] if text else []
+    if not sources and s.heldout:
+        sources = [Path(s.heldout)]
+    if not sources and (found := default_heldout(path)) is not None:
+        sources = [found]
+    docs = [d for src in sources for d in heldout_documents(src, tok)]
+    result = evaluate(model, tok, s, docs or None, tasks)
+    result["model"] = {"path": str(path), "checkpoint": ckpt, "parameters": model.num_params()}
+    if docs:
+        result["perplexity"]["source"] = [str(p) for p in sources]
+    return result
+
+
+# --------------------------------------------------------------------------- pretraining hook
+
+
+def hook_tasks(s: EvalSettings, tokens_dir: Path, tok: Any) -> dict[str, list[Item]]:
+    """The items the pretraining hook scores every eval.every_steps: made once, reused."""
+    from scratchlm.eval.perplexity import shard_documents
+
+    texts = None
+    if any(spec in BUILTIN_TASKS for spec in s.tasks):
+        texts = [tok.decode(d) for d in shard_documents(tokens_dir, tok)]
+    return {spec: task_items(spec, texts, s)[0] for spec in s.tasks}
+
+
+def hook_scores(
+    model: torch.nn.Module, tok: Any, tasks: dict[str, list[Item]], s: EvalSettings
+) -> dict[str, float]:
+    """{"acc/<task>": accuracy} for the metrics log."""
+    out = {}
+    for name, items in tasks.items():
+        scores = score_items(model, tok, items, s.few_shot, s.seed, s.batch_size)
+        out[f"acc/{Path(name).stem if name not in BUILTIN_TASKS else name}"] = sum(scores.correct) / len(items)  # fmt: skip
+    return out

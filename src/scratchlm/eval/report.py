@@ -1,0 +1,109 @@
+"""Evaluation results as files and tables: eval.json (everything, per item too) and eval.md."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from scratchlm.errors import StageError
+from scratchlm.eval.stats import compare_scores
+from scratchlm.io import atomic_write_json, atomic_write_text
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}"
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """A markdown report: perplexity line, then one table row per task."""
+    lines = []
+    if model := result.get("model"):
+        lines += [f"Model: `{model['path']}` ({model['checkpoint']}, {model['parameters']:,} parameters)", ""]  # fmt: skip
+    if p := result.get("perplexity"):
+        lines += [
+            f"Held-out text: {p['documents']:,} document(s), {p['tokens']:,} tokens, {p['bytes']:,} bytes "
+            f"(stride {p['stride']}): perplexity **{p['perplexity']:.2f}**, "
+            f"**{p['bits_per_byte']:.4f} bits per byte**",
+            "",
+        ]
+    if result.get("tasks"):
+        lines += [
+            "| task | items | acc % | 95% CI | acc_norm % | 95% CI | chance % | shots |",
+            "| --- | ---: | ---: | --- | ---: | --- | ---: | ---: |",
+        ]
+        for name, t in result["tasks"].items():
+            lo, hi = t["acc_ci"]
+            nlo, nhi = t["acc_norm_ci"]
+            lines.append(
+                f"| {name} | {t['items']} | {_pct(t['acc'])} | {_pct(lo)}-{_pct(hi)} | "
+                f"{_pct(t['acc_norm'])} | {_pct(nlo)}-{_pct(nhi)} | {_pct(t['chance'])} | {t['few_shot']} |"
+            )
+        skipped = {n: t["skipped_lines"] for n, t in result["tasks"].items() if t.get("skipped_lines")}  # fmt: skip
+        for name, t in result["tasks"].items():
+            if t.get("unencodable_items"):
+                lines.append(
+                    f"\n{name}: {t['unencodable_items']} item(s) use characters outside the vocabulary, left out"
+                )
+        for name, count in skipped.items():
+            first = ", ".join(map(str, result["tasks"][name]["first_skipped"]))
+            lines.append(f"\n{name}: {count} malformed line(s) skipped (lines {first}...)")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(out_dir: Path, result: dict[str, Any]) -> tuple[Path, Path]:
+    """eval.json and eval.md in `out_dir` (atomic writes)."""
+    atomic_write_json(out_dir / "eval.json", result)
+    atomic_write_text(out_dir / "eval.md", markdown(result))
+    return out_dir / "eval.json", out_dir / "eval.md"
+
+
+def read_report(run_dir: Path) -> dict[str, Any] | None:
+    path = run_dir / "eval.json"
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except ValueError:
+        raise StageError(f"{path}: not valid JSON; delete it to evaluate again") from None
+
+
+def compare(a: dict[str, Any], b: dict[str, Any], resamples: int = 10_000) -> list[dict[str, Any]]:
+    """Per shared task and metric: B - A, its 95% interval and whether it exceeds the noise."""
+    rows = []
+    for name in [t for t in a.get("tasks", {}) if t in b.get("tasks", {})]:
+        for metric in ("acc", "acc_norm"):
+            r = compare_scores(a["tasks"][name], b["tasks"][name], metric, resamples)
+            rows.append({"task": name, "metric": metric, "a": a["tasks"][name][metric], "b": b["tasks"][name][metric]} | r)  # fmt: skip
+    return rows
+
+
+def compare_markdown(rows: list[dict[str, Any]], a: dict[str, Any], b: dict[str, Any]) -> str:
+    lines = [
+        "| task | metric | A % | B % | B - A | 95% CI | test | verdict |",
+        "| --- | --- | ---: | ---: | ---: | --- | --- | --- |",
+    ]
+    for r in rows:
+        lo, hi = r["ci"]
+        if not r["significant"]:
+            verdict = "within the noise"
+        else:
+            verdict = "B better" if r["difference"] > 0 else "A better"
+        lines.append(
+            f"| {r['task']} | {r['metric']} | {_pct(r['a'])} | {_pct(r['b'])} | {100 * r['difference']:+.1f} | "
+            f"{100 * lo:+.1f} to {100 * hi:+.1f} | {r['test']} | {verdict} |"
+        )
+    only = sorted(set(a.get("tasks", {})) ^ set(b.get("tasks", {})))
+    if only:
+        lines.append(f"\nnot compared (scored in one run only): {', '.join(only)}")
+    pa, pb = a.get("perplexity"), b.get("perplexity")
+    if pa and pb and pa.get("source") != pb.get("source"):
+        lines.append(
+            "\nthe two runs were scored on different held-out text: bits per byte not comparable"
+        )
+    elif pa and pb:
+        lines.append(
+            f"\nbits per byte: A {pa['bits_per_byte']:.4f}, B {pb['bits_per_byte']:.4f} "
+            f"(B - A = {pb['bits_per_byte'] - pa['bits_per_byte']:+.4f})"
+        )
+    return "\n".join(lines) + "\n"
