@@ -49,3 +49,15 @@ def write_recipe(tmp_path: Path):
         return path
 
     return write
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """One tiny trained run folder (context 128) shared by the generation and serving tests."""
+    from scratchlm.pipeline import Workspace, run_stage
+
+    ws = Workspace(tmp_path_factory.mktemp("tiny-run"), "tiny")
+    recipe = tiny_recipe(model={"block_size": 128}, pretrain={"max_steps": 30, "eval_every": 30})
+    for stage in ("curate", "tokenizer", "tokenize", "pretrain"):
+        run_stage(stage, recipe, ws, progress=False)
+    return ws.out("pretrain")
