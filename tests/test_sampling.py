@@ -3,8 +3,6 @@ batches of different prompt lengths give what each prompt gives alone."""
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 
@@ -151,10 +149,9 @@ def test_text_stream_waits_for_split_characters_and_holds_back_stop_prefixes():
     assert tail.finish() == "EN" and tail.text == "abEN"  # the end releases what was held
 
 
-def test_past_the_context_generation_keeps_going(tiny_run):
-    model, tok = load_run(tiny_run)
-    s = GenerateSettings(max_new_tokens=200, temperature=1.0, top_k=0, seed=1)
-    (row,) = complete(model, tok, ["The "], s)
-    assert model.cfg.block_size == 128
-    assert row.finish_reason == "stop" or len(row.tokens) == 200
-    assert math.isfinite(len(row.stream.text))
+def test_generation_goes_on_past_the_context():
+    model = untrained_model(ModelConfig(vocab_size=50, block_size=16, n_layer=1, n_head=1, n_embd=8), 0)  # fmt: skip
+    row = Row([1, 2, 3], 40, Sampling(temperature=0))
+    for _ in generate_rows(model, None, [row]):
+        pass
+    assert len(row.tokens) == 40 and row.finish_reason == "length"
