@@ -83,6 +83,7 @@ def bench_shape(key: str, rounds: int, n: int, prompt_len: int) -> dict:
 
     torch.manual_seed(0)
     model = GPT(build(ModelConfig, {"preset": "gpt2-124m", **SHAPES[key]})).eval()
+    params = model.num_params(non_embedding=False)
     folder = tempfile.mkdtemp()
     export_hf(model, None, folder)
     theirs = AutoModelForCausalLM.from_pretrained(folder).eval()
@@ -101,7 +102,7 @@ def bench_shape(key: str, rounds: int, n: int, prompt_len: int) -> dict:
     decode = {k: round((n - 1) / statistics.median(r for _, r in v), 1) for k, v in times.items()}
     ttft = {k: round(1000 * statistics.median(t for t, _ in v), 1) for k, v in times.items()}
     return {
-        "params": model.num_params(non_embedding=False),
+        "params": params,
         "prompt_tokens": prompt_len,
         "new_tokens": n,
         "decode_tokens_per_second": decode,
@@ -117,7 +118,10 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--prompt-tokens", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     result = {
         "bench": "generate_greedy_batch1",
         "dtype": "float32",

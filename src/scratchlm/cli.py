@@ -210,7 +210,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_set(p, "generate.temperature=0.5")
 
     desc = "Chat with a model in the terminal (/system TEXT, /reset, /exit)"
-    p = sub.add_parser("chat", help=desc, description=desc, epilog=_settings_help(("generate",)), formatter_class=fmt)  # fmt: skip
+    p = sub.add_parser(
+        "chat",
+        help=desc,
+        description=desc,
+        epilog=_settings_help(("generate",)),
+        formatter_class=fmt,
+    )
     p.add_argument("run", help="a run folder or an HF model folder")
     p.add_argument("--system", metavar="TEXT", help="a system message to start with")
     _add_set(p, "generate.temperature=0.5")
@@ -218,10 +224,16 @@ def build_parser() -> argparse.ArgumentParser:
     desc = "Serve a model: OpenAI-compatible API (/v1/completions, /v1/chat/completions) and a chat page"
     p = sub.add_parser("serve", help=desc, description=desc)
     p.add_argument("run", help="a run folder or an HF model folder")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")  # fmt: skip
+    p.add_argument(
+        "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)"
+    )
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--api-key", help="require this Bearer token (default: $SCRATCHLM_API_KEY if set)")  # fmt: skip
-    p.add_argument("--max-tokens", type=int, default=512, help="the largest max_tokens a request may ask for")  # fmt: skip
+    p.add_argument(
+        "--api-key", help="require this Bearer token (default: $SCRATCHLM_API_KEY if set)"
+    )
+    p.add_argument(
+        "--max-tokens", type=int, default=512, help="the largest max_tokens a request may ask for"
+    )
     p.add_argument("--max-batch", type=int, default=8, help="requests generated together")
     p.add_argument("--model-name", help="the model id clients use (default: the folder's name)")
     return parser
@@ -377,7 +389,9 @@ def cmd_serve(args: argparse.Namespace) -> None:
         raise SettingsError("serve: --max-tokens and --max-batch must be at least 1")
     name = args.model_name or folder.resolve().name
     key = args.api_key or os.environ.get(API_KEY_ENV) or None
-    serve(str(folder), args.host, args.port, ServeOptions(name, key, args.max_tokens, args.max_batch))  # fmt: skip
+    serve(
+        str(folder), args.host, args.port, ServeOptions(name, key, args.max_tokens, args.max_batch)
+    )
 
 
 def _tokenizer_path(path: str) -> Path:

@@ -76,7 +76,9 @@ class Chat:
         """Answer the user's `text`, calling `on_text` with each new piece; returns the reply
         and how many old turns were dropped to make room."""
         self.turns.append({"role": "user", "content": text})
-        ids, dropped = fit_history(self.template, self.tokenizer, self.system, self.turns, self.limit)  # fmt: skip
+        ids, dropped = fit_history(
+            self.template, self.tokenizer, self.system, self.turns, self.limit
+        )
         if len(ids) >= self.model.cfg.block_size:
             self.turns.pop()
             raise StageError(
@@ -86,7 +88,14 @@ class Chat:
         self.turns = self.turns[dropped:]
         stop_ids = reply_stop_ids(self.template, self.tokenizer)
         budget = min(self.s.max_new_tokens, self.model.cfg.block_size - len(ids))
-        row = Row(ids, budget, sampling_of(self.s), self.s.seed + len(self.turns), tuple(self.s.stop), stop_ids)  # fmt: skip
+        row = Row(
+            ids,
+            budget,
+            sampling_of(self.s),
+            self.s.seed + len(self.turns),
+            tuple(self.s.stop),
+            stop_ids,
+        )
         for events in generate_rows(self.model, self.tokenizer, [row]):
             for _, piece in events:
                 if piece:

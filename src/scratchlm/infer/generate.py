@@ -49,7 +49,7 @@ class Row:
 
     def start(self, tokenizer: Any | None) -> None:
         seed = self.seed if self.seed is not None else random.randrange(2**63)
-        self.generator = torch.Generator().manual_seed(seed)
+        self.generator = torch.Generator().manual_seed(seed % 2**64)  # any int a client sends
         self.stream = TextStream(tokenizer, self.stop) if tokenizer is not None else None
 
     def seen(self) -> torch.Tensor | None:

@@ -54,7 +54,12 @@ class APIError(Exception):
         self.status, self.message, self.param, self.code = status, message, param, code
 
 
-def error_body(message: str, param: str | None = None, code: str | None = None, kind: str = "invalid_request_error") -> dict:  # fmt: skip
+def error_body(
+    message: str,
+    param: str | None = None,
+    code: str | None = None,
+    kind: str = "invalid_request_error",
+) -> dict:
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
@@ -96,7 +101,10 @@ class ChatRequest(SamplingFields):
 # ------------------------------------------------------------------ the app
 
 
-def create_app(model: Any, tokenizer: Any, options: ServeOptions, template: ChatTemplate | None) -> FastAPI:  # fmt: skip
+def create_app(
+    model: Any, tokenizer: Any, options: ServeOptions, template: ChatTemplate | None
+) -> FastAPI:
+    """The app serving `model`; `template` None: no chat endpoint (the tokenizer lacks its tokens)."""
     app = FastAPI(title="scratchlm", docs_url=None, redoc_url=None)
     engine = Engine(model, tokenizer, options.max_batch, options.max_queue)
     app.state.engine = engine
@@ -135,18 +143,34 @@ def create_app(model: Any, tokenizer: Any, options: ServeOptions, template: Chat
 
     def job_for(req: SamplingFields, prompts: list[list[int]], chat: bool) -> Job:
         if req.model is not None and req.model != options.model_name:
-            raise APIError(404, f"the model '{req.model}' does not exist; this server has '{options.model_name}'", "model", "model_not_found")  # fmt: skip
+            raise APIError(
+                404,
+                f"the model '{req.model}' does not exist; this server has '{options.model_name}'",
+                "model",
+                "model_not_found",
+            )
         if req.max_tokens is not None and req.max_tokens > options.max_tokens:
-            raise APIError(400, f"max_tokens is {req.max_tokens}; this server allows at most {options.max_tokens}", "max_tokens")  # fmt: skip
+            raise APIError(
+                400,
+                f"max_tokens is {req.max_tokens}; this server allows at most {options.max_tokens}",
+                "max_tokens",
+            )
         for ids in prompts:
             if len(ids) >= block:
-                raise APIError(400, f"this model's context is {block} tokens; the prompt has {len(ids)}", "messages" if chat else "prompt", "context_length_exceeded")  # fmt: skip
+                raise APIError(
+                    400,
+                    f"this model's context is {block} tokens; the prompt has {len(ids)}",
+                    "messages" if chat else "prompt",
+                    "context_length_exceeded",
+                )
         if len(prompts) > options.max_batch:
             raise APIError(400, f"at most {options.max_batch} prompts per request", "prompt")
         if engine.full():
             raise APIError(429, "the server is busy; try again shortly", code="rate_limit_exceeded")
         default = options.max_tokens if chat else 16  # OpenAI's default for completions
-        sampling = Sampling(req.temperature, req.top_k, req.top_p, req.min_p, req.repetition_penalty)  # fmt: skip
+        sampling = Sampling(
+            req.temperature, req.top_k, req.top_p, req.min_p, req.repetition_penalty
+        )
         stop = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ())
         rows = [
             Row(
@@ -169,7 +193,12 @@ def create_app(model: Any, tokenizer: Any, options: ServeOptions, template: Chat
 
     @app.get("/health")
     async def health() -> dict:
-        return {"status": "ok", "model": options.model_name, "queued": engine.jobs.qsize(), **engine.stats}  # fmt: skip
+        return {
+            "status": "ok",
+            "model": options.model_name,
+            "queued": engine.jobs.qsize(),
+            **engine.stats,
+        }
 
     @app.get("/v1/models", dependencies=[Depends(check_key)])
     async def models() -> dict:
@@ -185,7 +214,9 @@ def create_app(model: Any, tokenizer: Any, options: ServeOptions, template: Chat
     @app.post("/v1/chat/completions", dependencies=[Depends(check_key)])
     async def chat_completions(req: ChatRequest):
         if template is None:
-            raise APIError(400, "this model has no chat template (no chat tokens in its tokenizer)", "messages")  # fmt: skip
+            raise APIError(
+                400, "this model has no chat template (no chat tokens in its tokenizer)", "messages"
+            )
         messages = [m.model_dump() for m in req.messages]
         ids, _ = template.render(tokenizer, messages, add_generation_prompt=True)
         return await respond(job_for(req, [ids], chat=True), req.stream, chat=True)
@@ -220,7 +251,11 @@ async def events(job: Job) -> AsyncIterator[tuple[Row, str]]:
 def usage(job: Job) -> dict[str, int]:
     prompt = sum(len(r.prompt) for r in job.rows)
     completion = sum(len(r.tokens) for r in job.rows)
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}  # fmt: skip
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
 
 
 def completion_body(job: Job, texts: list[str], meta: dict, chat: bool) -> dict:
@@ -230,7 +265,7 @@ def completion_body(job: Job, texts: list[str], meta: dict, chat: bool) -> dict:
                 "index": i,
                 "message": {"role": "assistant", "content": t},
                 "finish_reason": r.finish_reason,
-            }  # fmt: skip
+            }
             for i, (t, r) in enumerate(zip(texts, job.rows, strict=True))
         ]
         return {**meta, "object": "chat.completion", "choices": choices, "usage": usage(job)}
@@ -248,7 +283,9 @@ async def sse(job: Job, meta: dict, chat: bool) -> AsyncIterator[str]:
 
     def chunk(i: int, text: str | None, finish: str | None, role: bool = False) -> str:
         if chat:
-            delta = ({"role": "assistant"} if role else {}) | ({"content": text} if text is not None else {})  # fmt: skip
+            delta = ({"role": "assistant"} if role else {}) | (
+                {"content": text} if text is not None else {}
+            )
             choice = {"index": i, "delta": delta, "finish_reason": finish}
         else:
             choice = {"index": i, "text": text or "", "logprobs": None, "finish_reason": finish}
@@ -283,7 +320,10 @@ def serve(path: str, host: str, port: int, options: ServeOptions) -> None:
     template = template_for(path, tokenizer)
     app = create_app(model, tokenizer, options, template)
     where = f"http://{host}:{port}"
-    print(f"serving {options.model_name} on {where} (chat page at {where}/, API at {where}/v1)", flush=True)  # fmt: skip
+    print(
+        f"serving {options.model_name} on {where} (chat page at {where}/, API at {where}/v1)",
+        flush=True,
+    )
     if options.api_key is None and host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"warning: {host} is reachable from other machines and no API key is set", flush=True)  # fmt: skip
+        print(f"warning: {host} is reachable from other machines and no API key is set", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning")
