@@ -47,8 +47,8 @@ def test_generate_reads_an_hf_folder_like_our_run(tiny_run, tmp_path):
     assert ours.stdout.startswith("The ") and theirs.stdout == ours.stdout
 
 
-def test_generate_and_chat_on_a_folder_without_a_model(tmp_path):
-    for command in ("generate", "chat", "serve"):
+def test_chat_and_serve_on_a_folder_without_a_model(tmp_path):
+    for command in ("chat", "serve"):  # (generate: tests/test_chain.py)
         r = scratchlm(command, str(tmp_path))
         assert r.returncode == 2 and "not a run folder" in r.stderr and "Traceback" not in r.stderr
 
