@@ -116,6 +116,11 @@ def test_malformed_json_and_bad_messages_get_400(server):
         assert r.status_code == 400 and r.json()["error"]["param"].startswith("messages"), r.text
 
 
+def test_an_oversize_body_gets_413(server):
+    r = httpx.post(f"{server}/v1/completions", headers=auth(), json={"prompt": "a" * (2 << 20)})
+    assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
+
+
 def test_the_openai_client_sees_the_errors_as_its_own_exceptions(client):
     with pytest.raises(openai.NotFoundError):
         client.completions.create(model="gpt-9", prompt="a", max_tokens=2)

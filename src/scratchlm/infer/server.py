@@ -8,7 +8,8 @@
 
 Every client mistake is a 4xx with OpenAI's error body, {"error": {"message", "type", "param",
 "code"}}: malformed JSON, a wrong type, an unknown model, max_tokens above the cap, a prompt
-longer than the context, a wrong API key (401), a full queue (429). A 500 means a bug of ours.
+longer than the context, a body over 1 MiB (413), a wrong API key (401), a full queue (429).
+A 500 means a bug of ours.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ class ServeOptions:
     max_tokens: int = 512  # the largest max_tokens a request may ask for
     max_batch: int = 8  # rows generated together
     max_queue: int = 256  # requests waiting beyond that get a 429
+    max_body_bytes: int = 1 << 20  # a larger request body gets a 413, unread
 
 
 class APIError(Exception):
@@ -111,6 +113,14 @@ def create_app(
     block = model.cfg.block_size
     text_stop = frozenset({tokenizer.eot_id})
     chat_stop = reply_stop_ids(template, tokenizer) if template is not None else text_stop
+
+    @app.middleware("http")
+    async def _limit_body(request: Request, call_next):
+        size = request.headers.get("content-length", "")
+        if size.isdigit() and int(size) > options.max_body_bytes:
+            message = f"the request body is {size} bytes; at most {options.max_body_bytes}"
+            return JSONResponse(error_body(message, code="request_too_large"), status_code=413)
+        return await call_next(request)
 
     @app.exception_handler(APIError)
     async def _api_error(_: Request, e: APIError) -> JSONResponse:
