@@ -96,10 +96,14 @@ class Chat:
             tuple(self.s.stop),
             stop_ids,
         )
-        for events in generate_rows(self.model, self.tokenizer, [row]):
-            for _, piece in events:
-                if piece:
-                    on_text(piece)
+        try:
+            for events in generate_rows(self.model, self.tokenizer, [row]):
+                for _, piece in events:
+                    if piece:
+                        on_text(piece)
+        except KeyboardInterrupt:
+            self.turns.pop()  # the question went unanswered: forget it
+            raise
         answer = row.stream.text
         self.turns.append({"role": "assistant", "content": answer})
         return answer, dropped
@@ -119,7 +123,10 @@ def run_chat(
     say(f"chatting with a {chat.model.cfg.block_size}-token context; {HELP}\n")
     while True:
         say("you> ")
-        line = stdin.readline()
+        try:
+            line = stdin.readline()
+        except KeyboardInterrupt:  # Ctrl-C at the prompt leaves, as Ctrl-D does
+            line = ""
         if not line:  # end of input (Ctrl-D)
             say("\n")
             return
@@ -143,3 +150,5 @@ def run_chat(
                     say(f"(dropped the {dropped} oldest turn(s) to fit the context)\n")
             except StageError as e:
                 say(f"\n({e})\n")
+            except KeyboardInterrupt:  # Ctrl-C stops a reply, not the chat
+                say("\n(reply interrupted)\n")
