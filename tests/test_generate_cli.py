@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -21,7 +22,7 @@ def scratchlm(*args: str, stdin: str | None = None) -> subprocess.CompletedProce
         capture_output=True,
         text=True,
         timeout=120,
-        env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"},
+        env=os.environ | {"OMP_NUM_THREADS": "1"},
     )
 
 
