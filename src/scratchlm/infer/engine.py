@@ -87,6 +87,7 @@ class Engine:
             except Exception as e:  # a bug of ours: tell the waiting clients, keep serving
                 for job in batch:
                     job.send("error", None, f"{type(e).__name__}: {e}")
-            self.stats["running_rows"] = 0
+            # Counts first, then running_rows = 0: whoever sees nothing running sees the counts.
             self.stats["finished_rows"] += len(rows)
             self.stats["cancelled_rows"] += sum(r.finish_reason == "cancelled" for r in rows)
+            self.stats["running_rows"] = 0
