@@ -49,3 +49,16 @@ def write_recipe(tmp_path: Path):
         return path
 
     return write
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """One tiny trained run folder shared by the generation and serving tests. Its context of
+    512 makes a long generation last long enough to be interrupted on purpose."""
+    from scratchlm.pipeline import Workspace, run_stage
+
+    ws = Workspace(tmp_path_factory.mktemp("tiny-run"), "tiny")
+    recipe = tiny_recipe(model={"block_size": 512}, pretrain={"max_steps": 30, "eval_every": 30})
+    for stage in ("curate", "tokenizer", "tokenize", "pretrain"):
+        run_stage(stage, recipe, ws, progress=False)
+    return ws.out("pretrain")

@@ -214,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="cpu, cuda, mps or auto (default)")
     _add_set(p, "eval.few_shot=5")
 
-    desc = "Sample text from a trained run folder"
+    desc = "Sample text from a run folder or an HF model folder"
     p = sub.add_parser(
         "generate",
         help=desc,
@@ -222,13 +222,53 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_settings_help(("generate",)),
         formatter_class=fmt,
     )
-    p.add_argument("run", help="a run folder, e.g. work/demo/runs/demo")
+    p.add_argument("run", help="a run folder (e.g. work/demo/runs/demo) or an HF model folder")
     p.add_argument(
         "--prompt",
         action="append",
         help="prompt text (repeatable; default: the run's generate.prompts)",
     )
+    p.add_argument(
+        "--input",
+        metavar="FILE",
+        help='one prompt a line (or a JSON object with "prompt"); writes JSONL, one line a prompt',
+    )
+    p.add_argument(
+        "--output", metavar="FILE", help="with --input: write the JSONL here, not stdout"
+    )
+    p.add_argument(
+        "--batch-size", type=int, default=8, help="with --input: prompts generated together"
+    )
     _add_set(p, "generate.temperature=0.5")
+
+    desc = "Chat with a model in the terminal (/system TEXT, /reset, /exit)"
+    p = sub.add_parser(
+        "chat",
+        help=desc,
+        description=desc,
+        epilog=_settings_help(("generate",)),
+        formatter_class=fmt,
+    )
+    p.add_argument("run", help="a run folder or an HF model folder")
+    p.add_argument("--system", metavar="TEXT", help="a system message to start with")
+    _add_set(p, "generate.temperature=0.5")
+
+    desc = "Serve a model: OpenAI-compatible API (/v1/completions, /v1/chat/completions) and a chat page"
+    p = sub.add_parser("serve", help=desc, description=desc)
+    p.add_argument("run", help="a run folder or an HF model folder")
+    p.add_argument(
+        "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)"
+    )
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument(
+        "--api-key", help="require this Bearer token (default: $SCRATCHLM_API_KEY if set)"
+    )
+    p.add_argument(
+        "--max-tokens", type=int, default=512, help="the largest max_tokens a request may ask for"
+    )
+    p.add_argument("--max-batch", type=int, default=8, help="requests generated together")
+    p.add_argument("--model-name", help="the model id clients use (default: the folder's name)")
+
     _add_finetune_parsers(sub)
     return parser
 
@@ -373,25 +413,48 @@ def cmd_stage(stage: str, args: argparse.Namespace, recipe: Recipe) -> None:
         _print_result(result)
 
 
-def cmd_generate(args: argparse.Namespace) -> None:
+def _generate_settings(folder: Path, overrides: list[str]) -> Any:
+    """The run's generate settings (HF folders: the defaults), with --set overrides."""
     import yaml
 
     from scratchlm.config import apply_overrides
-    from scratchlm.infer.generate import generate_text
-    from scratchlm.train.checkpoint import load_run
 
-    run_dir = Path(args.run)
-    config = run_dir / "config.yaml"
-    if not config.is_file():
+    config = folder / "config.yaml"
+    if not config.is_file() and not (folder / "config.json").is_file():
         raise StageError(
-            f"{run_dir} is not a run folder (no config.yaml); runs are in <work>/runs/<name>"
+            f"{folder} is not a run folder (no config.yaml; runs are in <work>/runs/<name>) "
+            "nor an HF model folder (no config.json)"
         )
-    recipe = recipe_from_dict(apply_overrides(yaml.safe_load(config.read_text()), args.overrides))
-    settings = recipe.generate
+    data = yaml.safe_load(config.read_text()) if config.is_file() else {}
+    return recipe_from_dict(apply_overrides(data, overrides)).generate
+
+
+def _load_for_generation(folder: Path) -> tuple[Any, Any]:
+    from scratchlm.infer.generate import load_model
+    from scratchlm.infer.layout import prepare_for_generation
+
+    model, tok = load_model(folder)
+    return prepare_for_generation(model), tok
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    from scratchlm.infer.generate import stream_text
+
+    settings = _generate_settings(Path(args.run), args.overrides)
+    if args.input:
+        from scratchlm.infer.batch import generate_file, read_prompts
+
+        prompts = read_prompts(Path(args.input))
+        model, tok = _load_for_generation(Path(args.run))
+        generate_file(model, tok, prompts, settings, args.output, args.batch_size)
+        return
     prompts = args.prompt or settings.prompts
-    model, tok = load_run(run_dir)
+    model, tok = _load_for_generation(Path(args.run))
     for prompt in prompts:
-        print(generate_text(model, tok, prompt, settings))
+        print(prompt, end="", flush=True)
+        for piece in stream_text(model, tok, prompt, settings):
+            print(piece, end="", flush=True)
+        print()
         if len(prompts) > 1:
             print("---")
 
@@ -514,6 +577,36 @@ def cmd_eval(args: argparse.Namespace) -> None:
     print(f"\n{run / 'eval.json'}\n{run / 'eval.md'}")
 
 
+def cmd_chat(args: argparse.Namespace) -> None:
+    from scratchlm.infer.chat import Chat, run_chat, template_for
+
+    settings = _generate_settings(Path(args.run), args.overrides)
+    model, tok = _load_for_generation(Path(args.run))
+    template = template_for(args.run, tok)
+    if template is None:
+        raise StageError(
+            f"{args.run} has no chat template and its tokenizer has no chat tokens: "
+            "fine-tune it for chat, or use `scratchlm generate`"
+        )
+    run_chat(Chat(model, tok, template, settings), system=args.system)
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    import os
+
+    from scratchlm.infer.server import API_KEY_ENV, ServeOptions, serve
+
+    folder = Path(args.run)
+    _generate_settings(folder, [])  # the same clear error for a folder that holds no model
+    if args.max_tokens < 1 or args.max_batch < 1:
+        raise SettingsError("serve: --max-tokens and --max-batch must be at least 1")
+    name = args.model_name or folder.resolve().name
+    key = args.api_key or os.environ.get(API_KEY_ENV) or None
+    serve(
+        str(folder), args.host, args.port, ServeOptions(name, key, args.max_tokens, args.max_batch)
+    )
+
+
 def _tokenizer_path(path: str) -> Path:
     p = Path(path)
     return p / "tokenizer.json" if p.is_dir() else p
@@ -602,8 +695,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     args = build_parser().parse_args(argv)
     try:
-        if args.command == "generate":
-            cmd_generate(args)
+        if args.command in ("generate", "chat", "serve"):
+            {"generate": cmd_generate, "chat": cmd_chat, "serve": cmd_serve}[args.command](args)
             return 0
         if args.command == "finetune":
             cmd_finetune(args)

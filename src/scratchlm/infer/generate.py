@@ -1,46 +1,191 @@
-"""Sampling text from a trained run: temperature and top-k over the model's next-token logits."""
+"""Generation: prompts in, tokens out one step at a time, for a batch of rows at once.
+
+    prompts -> left-pad to one length -> one pass fills the KV cache -> per step, per row:
+    pick a token (infer/sampling.py) -> text (infer/text.py) -> stop? -> the next one-token pass
+
+Each `Row` carries its own prompt, sampling rules, seed, token budget and stop conditions, so
+the server can batch requests that share nothing. A row that finishes (a stop token, a stop
+string, its budget, a client gone) leaves the batch and its cache rows are dropped.
+
+While the padded batch fits the context (block_size), the prompt is read once and each new
+token costs one step. Past it, every step re-reads each row's last block_size tokens: slower,
+but the text a row gets never depends on the rows beside it.
+"""
 
 from __future__ import annotations
 
+import os
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from scratchlm.config import GenerateSettings, ModelConfig
+from scratchlm.errors import StageError
+from scratchlm.infer.sampling import Sampling, pick
+from scratchlm.infer.text import TextStream
 from scratchlm.model.cache import KVCache
 from scratchlm.model.gpt import GPT
 from scratchlm.tokenizer.tokenizer import Tokenizer
 from scratchlm.train.checkpoint import load_run
 
 
-def untrained_model(cfg: ModelConfig, seed: int) -> GPT:
-    """The same architecture at initialisation: the 'before' of a before/after comparison."""
-    torch.manual_seed(seed)
-    return GPT(cfg).eval()
+@dataclass(eq=False)
+class Row:
+    """One sequence to generate: what it starts from, its rules, and what it has produced."""
+
+    prompt: list[int]
+    max_new_tokens: int
+    sampling: Sampling = Sampling()
+    seed: int | None = None  # None: a random seed
+    stop: tuple[str, ...] = ()  # stop strings: the text ends just before the first one
+    stop_ids: frozenset[int] = frozenset()  # stop tokens: end of text, end of turn
+    tokens: list[int] = field(default_factory=list)  # generated so far (no stop token)
+    finish_reason: str | None = None  # "stop", "length" or "cancelled" once finished
+    cancelled: bool = False  # set by another thread (a client that left): dropped next step
+
+    def start(self, tokenizer: Any | None) -> None:
+        seed = self.seed if self.seed is not None else random.randrange(2**63)
+        self.generator = torch.Generator().manual_seed(seed % 2**64)  # any int a client sends
+        self.stream = TextStream(tokenizer, self.stop) if tokenizer is not None else None
+
+    def seen(self) -> torch.Tensor | None:
+        if self.sampling.repetition_penalty == 1.0:
+            return None
+        return torch.tensor(self.prompt + self.tokens, dtype=torch.long)
+
+    def accept(self, token: int) -> str:
+        """Record the picked token; return the text it makes final, and finish when due."""
+        stream = self.stream
+        if token in self.stop_ids:
+            self.finish_reason = "stop"
+            return stream.finish() if stream else ""
+        self.tokens.append(token)
+        text = stream.push(token) if stream else ""
+        if stream and stream.stopped:
+            self.finish_reason = "stop"
+        elif len(self.tokens) >= self.max_new_tokens:
+            self.finish_reason = "length"
+            text += stream.finish() if stream else ""
+        return text
 
 
-def _pick(
-    logits: torch.Tensor,
-    temperature: float,
-    top_k: int,
-    generator: torch.Generator | None,
-    vocab_limit: int | None,
-) -> torch.Tensor:
-    """The next token of each row from its last-position logits (B, V)."""
-    if vocab_limit is not None and vocab_limit < logits.size(-1):
-        # A model's vocabulary may be padded past the tokenizer's; those ids mean nothing.
-        logits = logits.clone()
-        logits[:, vocab_limit:] = float("-inf")
-    if temperature == 0:
-        return logits.argmax(dim=-1, keepdim=True)
-    logits = logits.float() / temperature
-    if top_k:
-        kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator)
+def _read(model: GPT, rows: list[Row], cache_room: int) -> tuple[KVCache | None, torch.Tensor]:
+    """One pass over each row's text so far (its last block_size tokens), left-padded to one
+    length; returns the cache (None when `cache_room` is 0) and each row's next-token logits."""
+    window = model.cfg.block_size
+    seqs = [(r.prompt + r.tokens)[-window:] for r in rows]
+    T = max(map(len, seqs))
+    device = next(model.parameters()).device
+    idx = torch.zeros(len(rows), T, dtype=torch.long)
+    mask = torch.zeros(len(rows), T, dtype=torch.bool)
+    for i, s in enumerate(seqs):
+        idx[i, T - len(s) :] = torch.tensor(s)
+        mask[i, T - len(s) :] = True
+    idx, mask = idx.to(device), mask.to(device)
+    cache = None
+    if cache_room > 0:
+        dtype = next(model.parameters()).dtype
+        cache = KVCache(model.cfg, len(rows), T + cache_room, device=device, dtype=dtype)
+    h = model.hidden_states(idx, cache, None if bool(mask.all()) else mask)
+    return cache, model.head(h[:, -1])
 
 
-@torch.no_grad()
+@torch.inference_mode()
+def generate_rows(
+    model: GPT, tokenizer: Any | None, rows: list[Row], vocab_size: int | None = None
+) -> Iterator[list[tuple[Row, str]]]:
+    """Generate every row; after each step yield (row, new text) for the rows still going
+    (the text is "" without a tokenizer). A row is finished once its `finish_reason` is set.
+    Tokens are picked among the first `vocab_size` ids (default: the tokenizer's)."""
+    if vocab_size is None:
+        vocab_size = tokenizer.vocab_size if tokenizer is not None else model.cfg.vocab_size
+    block = model.cfg.block_size
+    for r in rows:
+        r.start(tokenizer)
+        if not r.prompt:
+            raise ValueError("a prompt needs at least one token")
+        if r.max_new_tokens <= 0:
+            r.finish_reason = "length"
+    live = [r for r in rows if r.finish_reason is None]
+    if not live:
+        return
+    T = min(block, max(len(r.prompt) for r in live))
+    cache, logits = _read(model, live, min(block - T, max(r.max_new_tokens for r in live)))
+    while True:
+        events = []
+        for i, row in enumerate(live):
+            if row.cancelled:
+                row.finish_reason = "cancelled"
+                continue
+            # A model's vocabulary may be padded past the tokenizer's: those ids mean nothing.
+            token = pick(logits[i, :vocab_size], row.sampling, row.generator, row.seen())
+            events.append((row, row.accept(token)))
+        yield events
+        keep = [i for i, r in enumerate(live) if r.finish_reason is None]
+        if not keep:
+            return
+        if len(keep) < len(live):
+            live = [live[i] for i in keep]
+            if cache is not None:
+                cache.keep_rows(torch.tensor(keep, device=cache.k.device))
+        if cache is not None and cache.length < cache.max_len:
+            last = torch.tensor([[r.tokens[-1]] for r in live], device=cache.k.device)
+            logits = model.head(model.hidden_states(last, cache)[:, -1])
+        else:  # past the context: re-read the last block_size tokens of each row
+            cache, logits = _read(model, live, 0)
+
+
+# ------------------------------------------------------------------ from settings and text
+
+
+def sampling_of(s: GenerateSettings) -> Sampling:
+    return Sampling(s.temperature, s.top_k, s.top_p, s.min_p, s.repetition_penalty)
+
+
+def rows_for(tok: Any, prompts: list[str], s: GenerateSettings) -> list[Row]:
+    """One row per prompt; an empty prompt starts as a new document would (<|endoftext|>)."""
+    return [
+        Row(
+            tok.encode(p) or [tok.eot_id],
+            s.max_new_tokens,
+            sampling_of(s),
+            s.seed,
+            tuple(s.stop),
+            frozenset({tok.eot_id}),
+        )
+        for p in prompts
+    ]
+
+
+def stream_text(model: GPT, tok: Any, prompt: str, s: GenerateSettings) -> Iterator[str]:
+    """The continuation of one prompt, piece by piece as it is generated."""
+    for events in generate_rows(model, tok, rows_for(tok, [prompt], s)):
+        for _, text in events:
+            if text:
+                yield text
+
+
+def complete(
+    model: GPT, tok: Any, prompts: list[str], s: GenerateSettings, batch_size: int = 8
+) -> list[Row]:
+    """Continue every prompt, `batch_size` at a time; each row's `.stream.text` is its text."""
+    rows = rows_for(tok, prompts, s)
+    for i in range(0, len(rows), batch_size):
+        for _ in generate_rows(model, tok, rows[i : i + batch_size]):
+            pass
+    return rows
+
+
+def generate_text(model: GPT, tok: Tokenizer, prompt: str, s: GenerateSettings) -> str:
+    """The prompt followed by what the model writes after it (at most `s.max_new_tokens`)."""
+    return prompt + "".join(stream_text(model, tok, prompt, s))
+
+
+@torch.inference_mode()
 def sample(
     model: GPT,
     idx: torch.Tensor,
@@ -51,46 +196,53 @@ def sample(
     attention_mask: torch.Tensor | None = None,
     vocab_limit: int | None = None,
 ) -> torch.Tensor:
-    """Append `max_new_tokens` tokens to each row of `idx` (B, T); temperature 0 is greedy.
-
-    Rows may be left-padded prompts (`attention_mask` marks real tokens). While the text fits
-    the context, the prompt is read once into a KV cache and each new token costs one step;
-    beyond it, the model re-reads the last block_size tokens each step.
-    """
-    B, T = idx.shape
-    cached = T + max_new_tokens <= model.cfg.block_size
-    if cached:
-        cache = KVCache(model.cfg, B, device=idx.device, dtype=next(model.parameters()).dtype)
-        logits, _ = model(idx, cache=cache, attention_mask=attention_mask)
-    mask = attention_mask.bool() if attention_mask is not None else None
-    window = model.cfg.block_size
-    for step in range(max_new_tokens):
-        if not cached:
-            logits, _ = model(
-                idx[:, -window:], attention_mask=None if mask is None else mask[:, -window:]
-            )
-        nxt = _pick(logits[:, -1], temperature, top_k, generator, vocab_limit)
-        idx = torch.cat([idx, nxt.to(idx.device)], dim=1)
-        if mask is not None:
-            mask = torch.cat([mask, mask.new_ones(B, 1)], dim=1)
-        if cached and step < max_new_tokens - 1:
-            logits, _ = model(nxt, cache=cache)
-    return idx
+    """Tensor in, tensor out: `idx` (B, T), rows left-padded where `attention_mask` is False,
+    with `max_new_tokens` tokens appended to each row (no stop token; temperature 0 is greedy).
+    A `generator` seeds every row alike."""
+    seed = int(torch.randint(2**62, (1,), generator=generator)) if generator else None
+    rows = [
+        Row(
+            idx[i][attention_mask[i].bool()].tolist()
+            if attention_mask is not None
+            else idx[i].tolist(),
+            max_new_tokens,
+            Sampling(temperature, top_k),
+            seed,
+        )
+        for i in range(idx.size(0))
+    ]
+    for _ in generate_rows(model, None, rows, vocab_limit):
+        pass
+    new = torch.tensor([r.tokens for r in rows], device=idx.device)
+    return torch.cat([idx, new], dim=1)
 
 
-def generate_text(model: GPT, tok: Tokenizer, prompt: str, s: GenerateSettings) -> str:
-    """The prompt followed by what the model writes after it (at most `s.max_new_tokens`)."""
-    device = next(model.parameters()).device
-    ids = tok.encode(prompt) or [tok.eot_id]  # an empty prompt starts as a new document would
-    gen = torch.Generator(device=device).manual_seed(s.seed)
-    prompt_ids = torch.tensor([ids], device=device)
-    out = sample(
-        model, prompt_ids, s.max_new_tokens, s.temperature, s.top_k, gen, vocab_limit=tok.vocab_size
+# ------------------------------------------------------------------ loading
+
+
+def untrained_model(cfg: ModelConfig, seed: int) -> GPT:
+    """The same architecture at initialisation: the 'before' of a before/after comparison."""
+    torch.manual_seed(seed)
+    return GPT(cfg).eval()
+
+
+def load_model(path: str | os.PathLike) -> tuple[GPT, Any]:
+    """A run folder of ours (config.yaml) or an HF transformers folder (config.json), as
+    (model in eval mode, tokenizer)."""
+    path = Path(path)
+    if (path / "config.yaml").is_file():
+        return load_run(path)
+    if (path / "config.json").is_file():
+        from scratchlm.export.hf import import_hf
+        from scratchlm.tokenizer.formats import import_tokenizer
+
+        cfg, state = import_hf(path)
+        model = GPT(cfg)
+        model.load_state_dict(state, strict=True)
+        return model.eval(), import_tokenizer(path)
+    raise StageError(
+        f"{path} is not a run folder (no config.yaml) nor an HF model folder (no config.json)"
     )
-    new = out[0, len(ids) :].tolist()
-    if tok.eot_id in new:  # the model ended the document
-        new = new[: new.index(tok.eot_id)]
-    return prompt + tok.decode(new)
 
 
 def before_after_samples(

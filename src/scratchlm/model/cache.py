@@ -47,3 +47,8 @@ class KVCache:
 
     def advance(self, steps: int) -> None:
         self.length += steps
+
+    def keep_rows(self, rows: torch.Tensor) -> None:
+        """Keep only these batch rows (a generation drops the rows that have finished)."""
+        self.k, self.v = self.k[:, rows], self.v[:, rows]
+        self.key_mask = self.key_mask[rows]

@@ -145,6 +145,15 @@ class GPT(nn.Module):
             cache.advance(T)
         return self.ln_f(x)
 
+    def head(self, h: torch.Tensor) -> torch.Tensor:
+        """Logits from final hidden states. Generation calls it on the last position only:
+        at a 50k vocabulary the LM head is the largest matmul of a prompt's pass."""
+        logits = self.lm_head(h)
+        if self.cfg.logit_softcap:  # Gemma 2: keeps logits in (-c, c) smoothly
+            c = self.cfg.logit_softcap
+            logits = c * torch.tanh(logits / c)
+        return logits
+
     def forward(
         self,
         idx: torch.Tensor,
@@ -156,10 +165,7 @@ class GPT(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits for every position; with `targets`, also the mean next-token cross-entropy
         (targets of -1 are ignored)."""
-        logits = self.lm_head(self.hidden_states(idx, cache, attention_mask, document_ids))
-        if self.cfg.logit_softcap:  # Gemma 2: keeps logits in (-c, c) smoothly
-            c = self.cfg.logit_softcap
-            logits = c * torch.tanh(logits / c)
+        logits = self.head(self.hidden_states(idx, cache, attention_mask, document_ids))
         if targets is None:
             return logits, None
         loss = F.cross_entropy(
