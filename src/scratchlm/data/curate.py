@@ -7,9 +7,10 @@
     4. write      docs_NNNNN.jsonl.zst (or .jsonl, .parquet) of {"id", "text", "meta"}
                   report.json, report.md and funnel.png: what each step kept, and why the rest went
 
-Between passes the survivors wait in a staging file in the output folder, so memory holds
-one chunk of documents plus the dedup indexes (16 bytes per document for exact dedup, one
-MinHash signature per document for near dedup), never the corpus.
+Documents stream from one pass to the next; the two passes that must see every document
+before deciding (near dedup, a quality top-fraction) park them in a staging file in the output
+folder. Memory holds a few chunks of documents plus the dedup indexes (16 bytes per document for
+exact dedup, one MinHash signature per document for near dedup), never the corpus.
 """
 
 from __future__ import annotations
@@ -130,6 +131,7 @@ class Curation:
     def __init__(self, s: CurateSettings, out_dir: Path, progress: bool):
         self.s, self.out, self.progress = s, out_dir, progress
         self.account = ChunkResult()
+        self.account.funnel = {step: [0, 0, 0, 0] for step in s.steps}  # in recipe order
         self.bad: Counter[str] = Counter()
         self.stats: Counter[str] = Counter()
         self.lengths: dict[str, list[int]] = {"in": [], "out": []}
@@ -163,7 +165,6 @@ class Curation:
             docs = self._quality_cut(docs, staging.with_suffix(".quality"))
         passes = {"exact_dedup": self._exact, "line_dedup": self._lines, "near_dedup": self._near}
         for step in (st for st in s.steps if st in CORPUS_STEPS):
-            self.account.funnel[step] = [0, 0, 0, 0]  # in recipe order, before any runs
             docs = self._counted(step, passes[step](docs, staging.with_suffix(f".{step}")))
         return docs
 
@@ -290,8 +291,7 @@ def curate(settings: CurateSettings, out_dir: Path, progress: bool = True) -> di
     run = Curation(settings, out_dir, progress)
     staging = out_dir / ".staging"
     try:
-        _write_staging(run.per_document(), staging)
-        shards = run.write(run.corpus_steps(_read_staging(staging), staging))
+        shards = run.write(run.corpus_steps(run.per_document(), staging))
     finally:
         for leftover in out_dir.glob(".staging*"):
             leftover.unlink()
