@@ -373,8 +373,8 @@ def cmd_run(args: argparse.Namespace, recipe: Recipe) -> None:
     tuned = by_stage.get("finetune")
     for a in tuned.summary.get("answers", []) if tuned else []:
         print(f"\n--- fine-tuning ({tuned.summary['task']}), asked: {a['prompt']!r}")
-        print(f"pretrained model answers:\n  {a['before']}")
-        print(f"fine-tuned model answers:\n  {a['after']}")
+        for who, text in (("pretrained", a["before"]), ("fine-tuned", a["after"])):
+            print(f"{who} model answers:\n  " + text.strip().replace("\n", "\n  "))
     if "eval" in by_stage:
         print(f"\n--- evaluation ({by_stage['eval'].out / 'eval.md'})\n")
         print((by_stage["eval"].out / "eval.md").read_text(), end="")
@@ -397,7 +397,12 @@ def cmd_run(args: argparse.Namespace, recipe: Recipe) -> None:
         + f"  evaluation         {ws.out('eval')}/eval.md\n"
         f"\nNext:\n"
         f"  scratchlm generate {run_dir} --prompt {prompt}\n"
-        f"  scratchlm eval {run_dir}                # perplexity, bits per byte, tasks with 95% intervals\n"
+        + (
+            f"  scratchlm chat {tuned.out}             # talk to the fine-tuned model\n"
+            if tuned
+            else ""
+        )
+        + f"  scratchlm eval {run_dir}                # perplexity, bits per byte, tasks with 95% intervals\n"
         f"  scratchlm run{rec}{work} --set pretrain.max_steps={recipe.pretrain.max_steps * 2} --resume   # train longer, from the last checkpoint\n"
         f"  scratchlm run --help                                # every setting"
     )
