@@ -2,7 +2,7 @@
 
     builtin:shakespeare-dialogue   chat: a speech, and the next character's reply to it (SFT)
     builtin:shakespeare-genre      a speech, labelled comedy / history / tragedy (classify)
-    builtin:shakespeare-preference a speech; the real reply preferred to one from another play (DPO)
+    builtin:shakespeare-preference a speech; its reply preferred to the reply's words shuffled (DPO)
     builtin:pydoc-qa               "What is <topic> in Python?" and the reference's first lines
 
 The plays' text marks each speech with its speaker on a line of its own ("HAMLET."), so a
@@ -116,16 +116,17 @@ def shakespeare_genre() -> Iterator[dict[str, Any]]:
 
 
 def shakespeare_preference() -> Iterator[dict[str, Any]]:
-    """The reply that was written for this speech, preferred to a reply from far away in the
-    corpus (the pair half the set away, so the two never come from the same scene)."""
-    pairs = list(shakespeare_dialogue())
-    for i, pair in enumerate(pairs):
-        other = pairs[(i + len(pairs) // 2) % len(pairs)]
-        yield {
-            "prompt": pair["messages"][:2],
-            "chosen": pair["messages"][2]["content"],
-            "rejected": other["messages"][2]["content"],
-        }
+    """The reply as written, preferred to the same words in a shuffled order: a preference for
+    well-formed speech that a small model can learn (a reply from another scene is too hard)."""
+    import random
+
+    for i, pair in enumerate(shakespeare_dialogue()):
+        reply = pair["messages"][2]["content"]
+        words = reply.split()
+        random.Random(i).shuffle(words)
+        if words == reply.split():
+            continue
+        yield {"prompt": pair["messages"][:2], "chosen": reply, "rejected": " ".join(words)}
 
 
 def pydoc_qa() -> Iterator[dict[str, Any]]:
