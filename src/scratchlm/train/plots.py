@@ -1,4 +1,4 @@
-"""The loss curve of a run, as a PNG beside its metrics."""
+"""Curves of a run, as PNGs beside its metrics: losses, and task scores from the eval hook."""
 
 from __future__ import annotations
 
@@ -22,14 +22,7 @@ def plot_losses(history: dict[str, list[tuple[int, float]]], path: Path, title: 
         ax.plot(steps, losses, "o-", color="tab:orange", markersize=3, label="validation")
     ax.set_xlabel("step")
     ax.set_ylabel("loss (nats / token)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)
+    _finish(fig, ax, title, path)
 
 
 def plot_scores(scores: dict[str, list[tuple[int, float]]], path: Path, title: str = "") -> None:
@@ -45,6 +38,13 @@ def plot_scores(scores: dict[str, list[tuple[int, float]]], path: Path, title: s
         ax.plot(steps, [100 * v for v in values], "o-", markersize=3, label=name)
     ax.set_xlabel("step")
     ax.set_ylabel("accuracy (%)")
+    _finish(fig, ax, title, path)
+
+
+def _finish(fig, ax, title: str, path: Path) -> None:
+    """Title, grid and legend; then write the PNG atomically (a reader never sees half a file)."""
+    import matplotlib.pyplot as plt
+
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
