@@ -20,6 +20,7 @@ in one run, one core each unless said otherwise:
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import random
@@ -313,7 +314,11 @@ def main() -> None:
     result = {
         "cpu_cores": os.cpu_count(),
         "threads_per_process": 1,
-        "filters_vs_datatrove": compare_filters(docs, args.rounds),
+        "filters_vs_datatrove": (
+            compare_filters(docs, args.rounds)
+            if importlib.util.find_spec("datatrove") and importlib.util.find_spec("spacy")
+            else {"skipped": "the baseline is missing: pip install datatrove==0.10.1 spacy"}
+        ),
         "near_dedup": dedup_bench(args.dedup_docs),
         # big enough that starting the workers (spawn, imports, fastText loads: ~1 s) is amortised
         "scaling": scaling(build_corpus(args.scaling_docs, seed=2), args.rounds),
