@@ -358,3 +358,12 @@ def test_an_hf_folder_is_a_base_too(base_run, tmp_path):
     base, _ = load_run(base_run)
     x = torch.randint(0, 300, (1, 12))
     assert tuned(x)[0].shape == base(x)[0].shape and not torch.allclose(tuned(x)[0], base(x)[0])
+
+
+def test_epoch_batches_cover_every_item_once_per_epoch_reproducibly():
+    from scratchlm.finetune.loop import EpochBatches
+
+    order = EpochBatches(10, 4, seed=3)
+    epochs = [[i for step in range(e * 3, e * 3 + 3) for i in order(step)] for e in range(2)]
+    assert all(sorted(e) == list(range(10)) for e in epochs) and epochs[0] != epochs[1]
+    assert EpochBatches(10, 4, seed=3)(4) == order(4)  # the same seed, the same batches

@@ -490,7 +490,6 @@ def _print_finetune(summary: dict[str, Any], out: Path) -> None:
     for src, info in summary.get("skipped_records", {}).items():
         print(f"  skipped {info['count']} record(s) of {src}, e.g. {info['examples'][0]}")
     cut = summary.get("truncated", {})
-    cut = cut if isinstance(cut, dict) else {"train": cut}
     if any(cut.values()):
         print("  cut to fit the context: " + ", ".join(f"{n} {split}" for split, n in cut.items()))
     if summary.get("added_tokens"):

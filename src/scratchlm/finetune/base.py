@@ -15,7 +15,6 @@ A fine-tuned run folder reads like a pretraining one, so `generate`, `export` an
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,16 +65,6 @@ def _load_hf(path: Path) -> tuple[GPT, Any]:
     return model, import_tokenizer(path)
 
 
-def load_source_weights(model: nn.Module, source: dict[str, str]) -> None:
-    """Put the base weights that `source` names into `model` (for adapter-only checkpoints)."""
-    from scratchlm.train.checkpoint import load_weights
-
-    if source["kind"] == "run":
-        load_weights(model, Path(source["checkpoint"]))
-    else:
-        model.load_state_dict(_load_hf(Path(source["path"]))[0].state_dict())
-
-
 @torch.no_grad()
 def grow_vocab(model: GPT, vocab_size: int) -> None:
     """Give `model` rows for new token ids, started at the mean of the existing rows (a
@@ -106,13 +95,6 @@ def run_config(model_cfg: Any, settings: Any) -> str:
         sort_keys=False,
         allow_unicode=True,
     )
-
-
-def read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise StageError(f"{path.parent} has no {path.name}") from None
 
 
 def with_chat_tokens(base: Base) -> tuple[Any, list[str]]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import random
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,7 +20,7 @@ from scratchlm.config import FinetuneSettings
 from scratchlm.errors import StageError
 from scratchlm.finetune import records
 from scratchlm.finetune.base import Base, run_config
-from scratchlm.finetune.loop import fit, save_tuned, total_steps, use_lora
+from scratchlm.finetune.loop import EpochBatches, fit, save_tuned, total_steps, use_lora
 from scratchlm.io import atomic_write_json, atomic_write_text
 from scratchlm.model.heads import GPTClassifier
 
@@ -205,13 +204,10 @@ def run(
         balanced_weights(train_y, len(names)).to(device) if s.class_weights == "balanced" else None
     )
     steps = total_steps(s, len(train_ids))
-    per_epoch = max(1, -(-len(train_ids) // s.batch_size))
+    order = EpochBatches(len(train_ids), s.batch_size, s.seed)
 
     def batch_for(step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        epoch, k = divmod(step, per_epoch)
-        order = list(range(len(train_ids)))
-        random.Random(s.seed * 1_000_003 + epoch).shuffle(order)
-        chosen = order[k * s.batch_size : (k + 1) * s.batch_size]
+        chosen = order(step)
         idx, mask = collate([train_ids[i] for i in chosen], tok.eot_id, device)
         return idx, mask, torch.tensor([train_y[i] for i in chosen], device=device)
 

@@ -11,7 +11,6 @@ are computed once, up front, for every pair: no second model in memory, and with
 
 from __future__ import annotations
 
-import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,7 @@ from scratchlm.config import FinetuneSettings
 from scratchlm.errors import StageError
 from scratchlm.finetune import records, sft
 from scratchlm.finetune.base import Base, save_chat_run, vocab_params, with_chat_tokens
-from scratchlm.finetune.loop import fit, total_steps, use_lora
+from scratchlm.finetune.loop import EpochBatches, fit, total_steps, use_lora
 from scratchlm.tokenizer.chat import ChatTemplate
 
 
@@ -151,7 +150,7 @@ def run(
         return pairs, cut
 
     train_pairs, cut = encode_all(train)
-    val_pairs, _ = encode_all(val)
+    val_pairs, val_cut = encode_all(val)
     if not train_pairs:
         raise StageError(
             f"finetune.data={s.data}: every prompt is longer than the context ({block} tokens)"
@@ -163,16 +162,13 @@ def run(
     if s.lora_rank:
         use_lora(model, s, vocab_params(model, added))
     steps = total_steps(s, len(train_pairs))
-    per_epoch = max(1, -(-len(train_pairs) // s.batch_size))
+    order = EpochBatches(len(train_pairs), s.batch_size, s.seed)
     prompts = [[{"role": "user", "content": p}] for p in s.sample_prompts] or [
         p for p, _, _ in val[:2]
     ]
 
     def batch_for(step: int) -> list[Pair]:
-        epoch, k = divmod(step, per_epoch)
-        order = list(range(len(train_pairs)))
-        random.Random(s.seed * 1_000_003 + epoch).shuffle(order)
-        return [train_pairs[i] for i in order[k * s.batch_size : (k + 1) * s.batch_size]]
+        return [train_pairs[i] for i in order(step)]
 
     @torch.no_grad()
     def evaluate(step: int) -> dict[str, Any]:
@@ -216,7 +212,7 @@ def run(
         "base": base.source,
         "steps": steps,
         "pairs": {"train": len(train_pairs), "val": len(val_pairs)},
-        "truncated": cut,
+        "truncated": {"train": cut, "val": val_cut},
         "skipped_records": records.skipped_summary(skipped),
         "added_tokens": added,
         "initial": {k: v for k, v in evals[0].items() if k != "samples"},

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,24 @@ def total_steps(s: FinetuneSettings, examples: int) -> int:
     if s.max_steps:
         return s.max_steps
     return max(1, math.ceil(s.epochs * examples / s.batch_size))
+
+
+class EpochBatches:
+    """Which items form the batch of each step: every epoch shuffles all items by (seed,
+    epoch), so a run is reproducible; the order is drawn once per epoch, not once per step."""
+
+    def __init__(self, items: int, batch_size: int, seed: int):
+        self.items, self.batch_size, self.seed = items, batch_size, seed
+        self.per_epoch = max(1, -(-items // batch_size))
+        self._epoch, self._order = -1, list(range(items))
+
+    def __call__(self, step: int) -> list[int]:
+        epoch, k = divmod(step, self.per_epoch)
+        if epoch != self._epoch:
+            self._order = list(range(self.items))
+            random.Random(self.seed * 1_000_003 + epoch).shuffle(self._order)
+            self._epoch = epoch
+        return self._order[k * self.batch_size : (k + 1) * self.batch_size]
 
 
 def use_lora(model: nn.Module, s: FinetuneSettings, also_train: list[nn.Parameter]) -> list[str]:

@@ -35,14 +35,6 @@ class Loaded:
     examples: list[Any] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
 
-    def summary(self) -> dict[str, Any]:
-        return {
-            "source": self.source,
-            "examples": len(self.examples),
-            "skipped": len(self.skipped),
-            "skipped_examples": self.skipped[:5],
-        }
-
 
 def _json_records(path: Path) -> Iterator[tuple[int, Any]]:
     """(line number, parsed record or the error that parsing raised) of a .json or .jsonl file."""

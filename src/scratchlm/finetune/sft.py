@@ -12,7 +12,6 @@ or padded one to a row; either way a batch is a rectangle and -1 targets cost no
 
 from __future__ import annotations
 
-import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,7 @@ from scratchlm.config import FinetuneSettings
 from scratchlm.errors import StageError
 from scratchlm.finetune import records
 from scratchlm.finetune.base import Base, save_chat_run, vocab_params, with_chat_tokens
-from scratchlm.finetune.loop import fit, total_steps, use_lora
+from scratchlm.finetune.loop import EpochBatches, fit, total_steps, use_lora
 from scratchlm.tokenizer.chat import ChatTemplate
 
 
@@ -99,13 +98,6 @@ def collate(rows: Sequence[Row], pad_id: int, device: torch.device) -> dict[str,
             [padded(r.documents, r.documents[-1] + 1) for r in rows], device=device
         ),
     }
-
-
-def batches(rows: list[Row], batch_size: int, seed: int, epoch: int) -> list[list[Row]]:
-    """This epoch's batches: the rows shuffled by (seed, epoch), so a run is reproducible."""
-    order = list(range(len(rows)))
-    random.Random(seed * 1_000_003 + epoch).shuffle(order)
-    return [[rows[i] for i in order[k : k + batch_size]] for k in range(0, len(order), batch_size)]
 
 
 def loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -209,12 +201,11 @@ def run(
         use_lora(model, s, vocab_params(model, added))
     model.to(device)
     steps = total_steps(s, len(rows))
-    per_epoch = max(1, -(-len(rows) // s.batch_size))
+    order = EpochBatches(len(rows), s.batch_size, s.seed)
     prompts = sample_conversations(s, val)
 
     def batch_for(step: int) -> dict[str, torch.Tensor]:
-        epoch, k = divmod(step, per_epoch)
-        return collate(batches(rows, s.batch_size, s.seed, epoch)[k], pad, device)
+        return collate([rows[i] for i in order(step)], pad, device)
 
     def evaluate(step: int) -> dict[str, Any]:
         result: dict[str, Any] = {}

@@ -8,7 +8,6 @@ The run folder is built under a temporary name and appears only when complete.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +39,3 @@ def finetune(
 
 
 TASKS = {"sft": sft.run, "classify": classify.run, "dpo": dpo.run}
-
-
-def read_summary(run_dir: Path) -> dict[str, Any]:
-    return json.loads((run_dir / "summary.json").read_text())
