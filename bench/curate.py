@@ -30,7 +30,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from scratchlm.config import CurateSettings
+from scratchlm.config import DOCUMENT_STEPS, CurateSettings
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -273,17 +273,8 @@ def dedup_bench(n: int, seed: int = 1) -> dict:
 def scaling(docs: list[str], rounds: int) -> dict:
     from scratchlm.data.curate import curate
 
-    steps = [
-        "normalize",
-        "length",
-        "gopher",
-        "repetition",
-        "c4",
-        "fineweb",
-        "badwords",
-        "language",
-        "pii",
-    ]
+    # every per-document step but the two that need a model or a file of the user's
+    steps = [st for st in DOCUMENT_STEPS if st not in ("gutenberg", "quality")]
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "docs.jsonl"
         src.write_text("".join(json.dumps({"text": t}) + "\n" for t in docs))

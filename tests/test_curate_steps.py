@@ -466,6 +466,10 @@ def test_output_is_identical_across_worker_counts_and_formats(tmp_path):
     assert 0 < len(docs) < 400 and [f["step"] for f in funnel] == FULL
     for before, after in zip(funnel, funnel[1:], strict=False):
         assert after["documents_in"] == before["documents_out"]  # each step feeds the next
+    report = json.loads((tmp_path / "out1jsonl.zst" / "report.json").read_text())
+    lengths = report["words_per_document"]
+    assert sum(lengths["in"].values()) == 400 and sum(lengths["out"].values()) == len(docs)
+    assert set(lengths["in"]) == {"64-127"}  # 8 sentences of 12 words: 96 words each
     assert (tmp_path / "out1jsonl.zst" / "funnel.png").stat().st_size > 1000
     md = (tmp_path / "out1jsonl.zst" / "report.md").read_text()
     assert "| exact_dedup |" in md and "## Why documents were dropped" in md

@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from scratchlm.config import CORPUS_STEPS, CurateSettings
 from scratchlm.data.dedup import MinHasher, dedup_lines, exact_key, near_duplicate_clusters
+from scratchlm.data.report import length_bin
 from scratchlm.data.sources import Document, iter_documents
 from scratchlm.data.steps import ChunkResult, DocumentSteps
 from scratchlm.errors import StageError
@@ -59,17 +60,13 @@ def _signatures(args: tuple[CurateSettings, list[str]]) -> list[Any]:
     return [hasher.signature(t) for t in texts]
 
 
-def workers_for(s: CurateSettings) -> int:
-    return s.workers or os.cpu_count() or 1
-
-
 def map_in_order(
     s: CurateSettings, fn: Callable[[Any], Any], items: Iterable[Any], stateful: bool
 ) -> Iterator[Any]:
     """fn over items, results in input order: in this process, in a process pool, or on Ray.
     `stateful` work runs in workers that each built a DocumentSteps first. The first few items
     run here while we learn whether the input is big enough to be worth starting workers."""
-    n = workers_for(s)
+    n = s.workers or os.cpu_count() or 1
     items = iter(items)
     if stateful:
         _init_worker(s)
@@ -106,13 +103,10 @@ def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
 # --------------------------------------------------------------------------- staging files
 
 
-def _write_staging(docs: Iterable[Document], path: Path) -> int:
-    n = 0
+def _write_staging(docs: Iterable[Document], path: Path) -> None:
     with open(path, "w", encoding="utf-8") as f:
         for doc in docs:
             f.write(doc.to_json() + "\n")
-            n += 1
-    return n
 
 
 def _read_staging(path: Path) -> Iterator[Document]:
@@ -134,7 +128,8 @@ class Curation:
         self.account.funnel = {step: [0, 0, 0, 0] for step in s.steps}  # in recipe order
         self.bad: Counter[str] = Counter()
         self.stats: Counter[str] = Counter()
-        self.lengths: dict[str, list[int]] = {"in": [], "out": []}
+        # words per document, counted into power-of-two bins as documents pass (not kept)
+        self.lengths: dict[str, Counter[str]] = {"in": Counter(), "out": Counter()}
         self.clusters: Counter[int] = Counter()
 
     def read(self) -> Iterator[Document]:
@@ -144,7 +139,7 @@ class Curation:
                 return
             self.stats["documents_in"] += 1
             self.stats["chars_in"] += len(doc.text)
-            self.lengths["in"].append(len(doc.text.split()))
+            self.lengths["in"][length_bin(len(doc.text.split()))] += 1
             if s.max_doc_chars and len(doc.text) > s.max_doc_chars:
                 self.account.drop("huge_document", Document(doc.id, doc.text[:200], doc.meta))
                 continue
@@ -253,7 +248,7 @@ class Curation:
             shards.append({"file": name, "documents": len(batch), "chars": chars})
             self.stats["documents_out"] += len(batch)
             self.stats["chars_out"] += chars
-            self.lengths["out"].extend(len(d.text.split()) for d in batch)
+            self.lengths["out"].update(length_bin(len(d.text.split())) for d in batch)
         return shards
 
 

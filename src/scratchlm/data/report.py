@@ -9,17 +9,16 @@ from typing import Any
 from scratchlm.io import atomic_open, atomic_write_json, atomic_write_text
 
 
-def histogram(values: list[int]) -> dict[str, int]:
-    """Counts in power-of-two bins of words per document: "0", "1-1", "2-3", "4-7", ..."""
-    bins: dict[str, int] = {}
-    for v in values:
-        if v <= 0:
-            key = "0"
-        else:
-            lo = 1 << int(math.log2(v))
-            key = f"{lo}-{2 * lo - 1}"
-        bins[key] = bins.get(key, 0) + 1
-    return dict(sorted(bins.items(), key=lambda kv: int(kv[0].split("-")[0])))
+def length_bin(words: int) -> str:
+    """A power-of-two bin of words per document: "0", "1-1", "2-3", "4-7", ..."""
+    if words <= 0:
+        return "0"
+    lo = 1 << int(math.log2(words))
+    return f"{lo}-{2 * lo - 1}"
+
+
+def _by_bin(counts: dict[str, int]) -> dict[str, int]:
+    return dict(sorted(counts.items(), key=lambda kv: int(kv[0].split("-")[0])))
 
 
 def write_reports(
@@ -50,7 +49,7 @@ def write_reports(
         "bad_input": dict(run.bad.most_common()),
         "changes": dict(acc.counts.most_common()),
         "languages": dict(acc.languages.most_common()),
-        "words_per_document": {k: histogram(v) for k, v in run.lengths.items()},
+        "words_per_document": {k: _by_bin(v) for k, v in run.lengths.items()},
         "near_duplicate_cluster_sizes": {str(k): n for k, n in sorted(run.clusters.items())},
         "shards": shards,
         "seconds": seconds,
