@@ -296,11 +296,17 @@ def test_eval_command_writes_json_and_markdown(run, tmp_path, capsys):
     lo, hi = result["tasks"]["cloze"]["acc_ci"]
     assert lo <= result["tasks"]["cloze"]["acc"] <= hi
     assert result["perplexity"]["source"] == [str(run.out("tokenize"))]
-    # The same run twice: --compare pairs the items and finds no difference beyond the noise.
+    # The same weights twice, each evaluated afresh (the copy's eval.json is removed, and the
+    # settings differ from the saved ones): --compare pairs the items, finds no difference.
     copy = tmp_path / "copy"
     shutil.copytree(run_dir, copy)
-    assert main(["eval", "--compare", str(run_dir), str(copy)]) == 0
-    assert "within the noise" in capsys.readouterr().out
+    (copy / "eval.json").unlink()
+    argv = ["eval", "--compare", str(run_dir), str(copy), "--task", "cloze"]
+    argv += ["--text", str(run.out("tokenize"))]  # the copy has no tokens folder beside it
+    assert main(argv + ["--set", "eval.max_items=30"]) == 0
+    out = capsys.readouterr().out
+    assert "within the noise" in out and "paired bootstrap" in out
+    assert json.loads((copy / "eval.json").read_text())["tasks"]["cloze"]["items"] == 30
     assert main(["eval", str(run_dir), "--task", str(tmp_path / "none.jsonl")]) == 2
     assert "none.jsonl: no such file" in capsys.readouterr().err
 

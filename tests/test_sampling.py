@@ -158,3 +158,22 @@ def test_generation_goes_on_past_the_context():
     for _ in generate_rows(model, None, [row]):
         pass
     assert len(row.tokens) == 40 and row.finish_reason == "length"
+    # greedy reference: each token is the argmax of a plain forward pass over the last
+    # block_size tokens, so the cache and the re-read past the context must both agree with it
+    seq = [1, 2, 3]
+    with torch.no_grad():
+        for _ in range(40):
+            seq.append(int(model(torch.tensor([seq[-16:]]))[0][0, -1].argmax()))
+    assert row.tokens == seq[3:]
+
+
+def test_prepare_for_generation_keeps_the_logits():
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=50, block_size=16, n_layer=2, n_head=2, n_embd=16, bias=True)
+    model = GPT(cfg).eval()
+    x = torch.randint(0, 50, (2, 12))
+    with torch.no_grad():
+        before = model(x)[0]
+        after = prepare_for_generation(model)(x)[0]
+    assert any(type(m).__name__ == "TransposedLinear" for m in model.modules())
+    torch.testing.assert_close(after, before, atol=1e-5, rtol=1e-5)

@@ -15,7 +15,7 @@ import torch
 from scratchlm.config import EvalSettings
 from scratchlm.errors import StageError
 from scratchlm.eval.choice import Item, load_items, score_items
-from scratchlm.eval.perplexity import heldout_documents, perplexity
+from scratchlm.eval.perplexity import effective_stride, heldout_documents, perplexity
 from scratchlm.eval.stats import wilson
 from scratchlm.eval.tasks import BUILTIN_TASKS
 
@@ -127,11 +127,15 @@ def evaluate(
     result: dict[str, Any] = {"settings": {k: v for k, v in vars(s).items()}}
     if heldout:
         ppl = perplexity(model, tok, heldout, s.stride, s.batch_size, s.max_tokens)
-        stride = s.stride or max(model.cfg.block_size // 2, 1)  # token_logprobs' default
+        stride = effective_stride(model.cfg.block_size, s.stride)
         result["perplexity"] = ppl.to_dict() | {"stride": stride}
-    texts = [tok.decode(d) for d in heldout] if heldout else None
+    specs = tasks if tasks is not None else s.tasks
+    # only the built-in tasks read the held-out text: decode it only for them
+    texts = (
+        [tok.decode(d) for d in heldout] if heldout and set(specs) & set(BUILTIN_TASKS) else None
+    )
     result["tasks"] = {}
-    for spec in tasks if tasks is not None else s.tasks:
+    for spec in specs:
         items, skipped = task_items(spec, texts, s)
         items, unencodable = _encodable(items, tok, spec)
         result["tasks"][spec] = task_result(model, tok, items, s) | {

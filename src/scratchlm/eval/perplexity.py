@@ -23,6 +23,11 @@ import torch
 from scratchlm.errors import StageError
 
 
+def effective_stride(window: int, stride: int) -> int:
+    """The stride a setting of `stride` means: 0 is half the window."""
+    return stride or max(window // 2, 1)
+
+
 def windows(n: int, window: int, stride: int) -> list[tuple[int, int, int]]:
     """(begin, end, first) for a sequence of n tokens: inputs ids[begin:end-1] predict
     ids[begin+1:end], of which targets from index `first` on are new in this window."""
@@ -59,7 +64,7 @@ def token_logprobs(
 
     window defaults to the model's block_size and stride to half of it."""
     window = window or model.cfg.block_size
-    stride = stride or max(window // 2, 1)
+    stride = effective_stride(window, stride)
     device = next(model.parameters()).device
     x = torch.tensor(ids, dtype=torch.long)
     out = torch.empty(max(len(ids) - 1, 0), dtype=torch.float64)

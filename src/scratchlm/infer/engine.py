@@ -42,6 +42,7 @@ class Engine:
         self.model, self.tokenizer = model, tokenizer
         self.max_batch, self.max_queue = max_batch, max_queue
         self.jobs: queue.Queue[Job | None] = queue.Queue()
+        self._carry: Job | None = None  # a job that did not fit the last batch
         self.stats = {"running_rows": 0, "finished_rows": 0, "cancelled_rows": 0}
         self.thread = threading.Thread(target=self._loop, name="scratchlm-engine", daemon=True)
         self.thread.start()
@@ -56,7 +57,9 @@ class Engine:
         self.jobs.put(None)
 
     def _next_batch(self) -> list[Job] | None:
-        first = self.jobs.get()
+        """Jobs whose rows together fit max_batch (a job bigger than that runs alone); a job
+        that does not fit waits, first in line, for the next batch."""
+        first, self._carry = self._carry or self.jobs.get(), None
         if first is None:
             return None
         batch, rows = [first], len(first.rows)
@@ -67,6 +70,9 @@ class Engine:
                 break
             if job is None:  # stop after this batch
                 self.jobs.put(None)
+                break
+            if rows + len(job.rows) > self.max_batch:
+                self._carry = job
                 break
             batch.append(job)
             rows += len(job.rows)

@@ -49,13 +49,21 @@ class Row:
 
     def start(self, tokenizer: Any | None) -> None:
         seed = self.seed if self.seed is not None else random.randrange(2**63)
+        # on the CPU, where picking happens: the same seed gives the same text on any device
         self.generator = torch.Generator().manual_seed(seed % 2**64)  # any int a client sends
         self.stream = TextStream(tokenizer, self.stop) if tokenizer is not None else None
+        self._seen: torch.Tensor | None = None
+        if self.sampling.repetition_penalty != 1.0:  # the text so far, grown in place
+            self._seen = torch.empty(
+                len(self.prompt) + max(self.max_new_tokens, 0), dtype=torch.long
+            )
+            self._seen[: len(self.prompt)] = torch.tensor(self.prompt)
 
     def seen(self) -> torch.Tensor | None:
-        if self.sampling.repetition_penalty == 1.0:
+        """The ids in the text so far (for the repetition penalty), without copying it."""
+        if self._seen is None:
             return None
-        return torch.tensor(self.prompt + self.tokens, dtype=torch.long)
+        return self._seen[: len(self.prompt) + len(self.tokens)]
 
     def accept(self, token: int) -> str:
         """Record the picked token; return the text it makes final, and finish when due."""
@@ -63,6 +71,8 @@ class Row:
         if token in self.stop_ids:
             self.finish_reason = "stop"
             return stream.finish() if stream else ""
+        if self._seen is not None:
+            self._seen[len(self.prompt) + len(self.tokens)] = token
         self.tokens.append(token)
         text = stream.push(token) if stream else ""
         if stream and stream.stopped:
@@ -117,12 +127,14 @@ def generate_rows(
     cache, logits = _read(model, live, min(block - T, max(r.max_new_tokens for r in live)))
     while True:
         events = []
+        # A model's vocabulary may be padded past the tokenizer's: those ids mean nothing. The
+        # rows pick on the CPU: one device-to-host copy per step, not one sync per row.
+        step_logits = logits[:, :vocab_size].float().cpu()
         for i, row in enumerate(live):
             if row.cancelled:
                 row.finish_reason = "cancelled"
                 continue
-            # A model's vocabulary may be padded past the tokenizer's: those ids mean nothing.
-            token = pick(logits[i, :vocab_size], row.sampling, row.generator, row.seen())
+            token = pick(step_logits[i], row.sampling, row.generator, row.seen())
             events.append((row, row.accept(token)))
         yield events
         keep = [i for i, r in enumerate(live) if r.finish_reason is None]
