@@ -72,18 +72,24 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     tmp.mkdir()
     try:
         yield tmp
-        for f in tmp.iterdir():
-            if f.is_file():
-                with open(f, "rb") as fh:
-                    os.fsync(fh.fileno())
-        old = path.with_name(f".{path.name}.old-{os.getpid()}")
-        if path.exists():
-            os.replace(path, old)
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-        shutil.rmtree(old, ignore_errors=True)
+        publish_dir(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def publish_dir(tmp: Path, path: Path) -> None:
+    """Make the complete folder `tmp` appear as `path`: its files fsynced, then one rename;
+    an existing `path` is moved aside first and removed after, so one of them always exists."""
+    for f in tmp.rglob("*"):
+        if f.is_file():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+    old = path.with_name(f".{path.name}.old-{os.getpid()}")
+    if path.exists():
+        os.replace(path, old)
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

@@ -31,7 +31,7 @@ import yaml
 from scratchlm import __version__
 from scratchlm.config import Recipe
 from scratchlm.errors import StageError
-from scratchlm.io import atomic_dir, atomic_write_json, file_sha256, json_sha256
+from scratchlm.io import atomic_dir, atomic_write_json, atomic_write_text, file_sha256, json_sha256
 
 STAGES = ("curate", "tokenizer", "tokenize", "pretrain", "finetune", "sample", "eval")
 SECTIONS = {  # which recipe sections decide each stage's output
@@ -303,15 +303,15 @@ def run_stage(
         summary = RUNNERS[stage](recipe, ws, out, progress)
         if not is_main_process():  # under torchrun: rank 0 alone writes the manifest
             return StageResult(stage, True, round(time.time() - start, 2), out, summary)
-        (out / "settings.yaml").write_text(settings_yaml)
+        atomic_write_text(out / "settings.yaml", settings_yaml)
     elif stage == "finetune":  # builds its run folder atomically itself
         summary = RUNNERS[stage](recipe, ws, out, progress)
-        (out / "settings.yaml").write_text(settings_yaml)
+        atomic_write_text(out / "settings.yaml", settings_yaml)
     else:
         # The folder appears under its name only when the stage succeeded.
         with atomic_dir(out) as tmp:
             summary = RUNNERS[stage](recipe, ws, tmp, progress)
-            (tmp / "settings.yaml").write_text(settings_yaml)
+            atomic_write_text(tmp / "settings.yaml", settings_yaml)
     outputs = _outputs(out)
     seconds = round(time.time() - start, 2)
     atomic_write_json(

@@ -87,9 +87,9 @@ def checkpoint_state(ckpt: Path) -> dict[str, torch.Tensor]:
 
         state = import_hf(base["path"])[1]
     state = {base.get("prefix", "") + k: v for k, v in state.items()}
-    with safe_open(str(ckpt / "adapter.safetensors"), "pt") as f:
+    with safe_open(str(ckpt / "adapter.safetensors"), "pt") as f:  # one read: config and tensors
         lora = json.loads(f.metadata()["lora_config"])
-    adapter = load_file(str(ckpt / "adapter.safetensors"))
+        adapter = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118 (not a dict)
     scale = lora["alpha"] / lora["rank"]
     for name, tensor in adapter.items():
         if name.endswith(".lora_a"):

@@ -298,19 +298,23 @@ def no_sync(forward: nn.Module, sync: bool) -> contextlib.AbstractContextManager
 
 def clip_grad_norm(params: list[nn.Parameter], max_norm: float) -> float:
     """The global gradient norm, clipped to `max_norm`. Sharded gradients (DTensor) contribute
-    their full norm; a replicated plain gradient counts once, as on one device."""
+    their full norm; a replicated plain gradient counts once, as on one device. One collective
+    per device mesh (as torchtitan does), not one per parameter."""
     from torch.distributed.tensor import DTensor
 
     grads = [p.grad for p in params if p.grad is not None]
     if not any(isinstance(g, DTensor) for g in grads):
         return torch.nn.utils.clip_grad_norm_(params, max_norm).item()
-    norms = []
+    by_mesh: dict[Any, list[torch.Tensor]] = {}
     for g in grads:
-        n = torch.linalg.vector_norm(g, 2)
+        by_mesh.setdefault(g.device_mesh if isinstance(g, DTensor) else None, []).append(g)
+    norms = []
+    for group in by_mesh.values():
+        n = torch.nn.utils.get_total_norm(group, 2.0)
         norms.append(n.full_tensor() if isinstance(n, DTensor) else n)
     total = torch.linalg.vector_norm(torch.stack(norms)).item()
     coef = max_norm / (total + 1e-6)
-    if coef < 1.0:
+    if coef < 1.0:  # a Python number: the gradients may mix DTensors and plain tensors
         for g in grads:
             g.mul_(coef)
     return total
@@ -327,4 +331,5 @@ def reduce_step_stats(
     if d.mesh.device_type == "cuda":
         t = t.cuda()
     dist.all_reduce(t)  # over all ranks: tensor-parallel peers hold the same loss
-    return t[0].item() / d.world, bool(t[1].item()), bool(t[2].item())
+    loss_sum, signals, lates = t.tolist()  # one device-to-host copy
+    return loss_sum / d.world, bool(signals), bool(lates)

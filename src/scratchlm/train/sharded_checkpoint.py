@@ -25,6 +25,7 @@ import torch.nn as nn
 from safetensors.torch import save_file
 
 from scratchlm.errors import StageError
+from scratchlm.io import publish_dir
 from scratchlm.train.distributed import Dist, barrier, fuse_qkv
 
 
@@ -83,9 +84,7 @@ def save_sharded(
         save_file({k: v.contiguous() for k, v in full.items()}, str(tmp / "model.safetensors"))
         torch.save(state, tmp / "state.pt")
         (tmp / "meta.json").write_text(json.dumps({"step": step, **meta}, indent=2))
-        if path.exists():
-            shutil.rmtree(path)
-        tmp.rename(path)
+        publish_dir(tmp, path)  # fsynced, and the old folder kept until the new one is in place
     barrier(d)
     return path
 
