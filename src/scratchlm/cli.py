@@ -435,8 +435,8 @@ def _generate_settings(folder: Path, overrides: list[str]) -> Any:
 
 
 def _load_for_generation(folder: Path) -> tuple[Any, Any]:
-    from scratchlm.infer.generate import load_model
     from scratchlm.infer.layout import prepare_for_generation
+    from scratchlm.train.checkpoint import load_model
 
     model, tok = load_model(folder)
     return prepare_for_generation(model), tok

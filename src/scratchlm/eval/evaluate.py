@@ -22,21 +22,11 @@ from scratchlm.eval.tasks import BUILTIN_TASKS
 
 def load_model(path: Path, device: str = "cpu") -> tuple[torch.nn.Module, Any, str]:
     """(model, tokenizer, checkpoint name) of a run folder or an HF folder from `export hf`."""
-    if (path / "config.yaml").is_file():
-        from scratchlm.train.checkpoint import latest_checkpoint, load_run
+    from scratchlm.train.checkpoint import latest_checkpoint
+    from scratchlm.train.checkpoint import load_model as load
 
-        model, tok = load_run(path, device)
-        return model, tok, latest_checkpoint(path).name
-    if (path / "config.json").is_file():
-        from scratchlm.export.hf import import_hf
-        from scratchlm.model.gpt import GPT
-        from scratchlm.tokenizer.formats import import_tokenizer
-
-        cfg, state = import_hf(path)
-        model = GPT(cfg)
-        model.load_state_dict(state)
-        return model.to(device).eval(), import_tokenizer(path), "hf"
-    raise StageError(f"{path} is neither a run folder (config.yaml) nor an HF folder (config.json)")
+    model, tok = load(path, device)
+    return model, tok, latest_checkpoint(path).name if (path / "config.yaml").is_file() else "hf"
 
 
 def default_heldout(run_dir: Path) -> Path | None:

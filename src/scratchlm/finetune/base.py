@@ -23,7 +23,6 @@ import torch
 import torch.nn as nn
 
 from scratchlm.config import FinetuneSettings
-from scratchlm.errors import StageError
 from scratchlm.finetune.loop import save_tuned
 from scratchlm.io import atomic_write_text
 from scratchlm.model.gpt import GPT
@@ -39,30 +38,15 @@ class Base:
 
 def load_base(path: str | Path) -> Base:
     """Our run folder or an HF folder, as a model in training precision and its tokenizer."""
-    from scratchlm.train.checkpoint import latest_checkpoint, load_run
+    from scratchlm.train.checkpoint import latest_checkpoint, load_model
 
     path = Path(path)
+    model, tok = load_model(path)
     if (path / "config.yaml").is_file():
-        model, tok = load_run(path)
         source = {"kind": "run", "checkpoint": str(latest_checkpoint(path).resolve())}
-    elif (path / "config.json").is_file():
-        model, tok = _load_hf(path)
-        source = {"kind": "hf", "path": str(path.resolve())}
     else:
-        raise StageError(
-            f"{path}: not a run folder (no config.yaml) nor a Hugging Face folder (no config.json)"
-        )
+        source = {"kind": "hf", "path": str(path.resolve())}
     return Base(model.float().train(), tok, source)
-
-
-def _load_hf(path: Path) -> tuple[GPT, Any]:
-    from scratchlm.export.hf import import_hf
-    from scratchlm.tokenizer.formats import import_tokenizer
-
-    cfg, state = import_hf(path)
-    model = GPT(cfg)
-    model.load_state_dict(state, strict=True)
-    return model, import_tokenizer(path)
 
 
 @torch.no_grad()

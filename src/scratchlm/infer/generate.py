@@ -14,7 +14,6 @@ but the text a row gets never depends on the rows beside it.
 
 from __future__ import annotations
 
-import os
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -24,7 +23,6 @@ from typing import Any
 import torch
 
 from scratchlm.config import GenerateSettings, ModelConfig
-from scratchlm.errors import StageError
 from scratchlm.infer.sampling import Sampling, pick
 from scratchlm.infer.text import TextStream
 from scratchlm.model.cache import KVCache
@@ -236,25 +234,6 @@ def untrained_model(cfg: ModelConfig, seed: int) -> GPT:
     """The same architecture at initialisation: the 'before' of a before/after comparison."""
     torch.manual_seed(seed)
     return GPT(cfg).eval()
-
-
-def load_model(path: str | os.PathLike) -> tuple[GPT, Any]:
-    """A run folder of ours (config.yaml) or an HF transformers folder (config.json), as
-    (model in eval mode, tokenizer)."""
-    path = Path(path)
-    if (path / "config.yaml").is_file():
-        return load_run(path)
-    if (path / "config.json").is_file():
-        from scratchlm.export.hf import import_hf
-        from scratchlm.tokenizer.formats import import_tokenizer
-
-        cfg, state = import_hf(path)
-        model = GPT(cfg)
-        model.load_state_dict(state, strict=True)
-        return model.eval(), import_tokenizer(path)
-    raise StageError(
-        f"{path} is not a run folder (no config.yaml) nor an HF model folder (no config.json)"
-    )
 
 
 def before_after_samples(

@@ -322,8 +322,8 @@ def serve(path: str, host: str, port: int, options: ServeOptions) -> None:
     import uvicorn
 
     from scratchlm.infer.chat import template_for
-    from scratchlm.infer.generate import load_model
     from scratchlm.infer.layout import prepare_for_generation
+    from scratchlm.train.checkpoint import load_model
 
     model, tokenizer = load_model(path)
     prepare_for_generation(model)

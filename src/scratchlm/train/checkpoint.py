@@ -121,3 +121,23 @@ def load_run(run_dir: Path, device: str = "cpu") -> tuple[torch.nn.Module, Any]:
     model = GPT(load_model_config(run_dir))
     load_weights(model, latest_checkpoint(run_dir))
     return model.to(device).eval(), load_tokenizer(run_dir / "tokenizer.json")
+
+
+def load_model(path: str | Path, device: str = "cpu") -> tuple[torch.nn.Module, Any]:
+    """A run folder of ours (config.yaml) or a Hugging Face GPT-2 / Llama folder (config.json,
+    e.g. from `scratchlm export hf`), as (model in eval mode, tokenizer)."""
+    path = Path(path)
+    if (path / "config.yaml").is_file():
+        return load_run(path, device)
+    if (path / "config.json").is_file():
+        from scratchlm.export.hf import import_hf
+        from scratchlm.model.gpt import GPT
+        from scratchlm.tokenizer.formats import import_tokenizer
+
+        cfg, state = import_hf(path)
+        model = GPT(cfg)
+        model.load_state_dict(state, strict=True)
+        return model.to(device).eval(), import_tokenizer(path)
+    raise StageError(
+        f"{path} is not a run folder (no config.yaml) nor an HF model folder (no config.json)"
+    )
