@@ -118,7 +118,7 @@ def assert_same_weights(root: Path, name: str, atol: float) -> None:
     [
         ("ddp", 2, ["pretrain.grad_accum=2"], 1e-6),
         ("fsdp", 2, ["pretrain.grad_accum=2"], 1e-4),
-        ("tp", 2, ["parallel.tp_size=0"], 1e-4),  # every rank sees the whole batch
+        ("tp", 2, [], 1e-4),  # every rank sees the whole batch; tp_size's default is ignored
         ("fsdp+tp", 4, ["pretrain.grad_accum=2", "parallel.tp_size=2"], 1e-4),
     ],
 )
@@ -232,7 +232,7 @@ def test_impossible_layouts_are_refused_before_any_work():
     s = PretrainSettings()
     cfg = ModelConfig(n_head=3, n_embd=48, vocab_size=100)
     with pytest.raises(SettingsError, match=r"model.n_head=3 .*tensor-parallel size 2"):
-        check_settings(ParallelSettings(strategy="tp", tp_size=0), cfg, s, world=2)
+        check_settings(ParallelSettings(strategy="tp"), cfg, s, world=2)
     with pytest.raises(SettingsError, match="parallel.tp_size=4"):
         check_settings(ParallelSettings(strategy="fsdp+tp", tp_size=4), ModelConfig(), s, world=6)
     with pytest.raises(SettingsError, match="pretrain.optimizer=muon"):
@@ -241,7 +241,7 @@ def test_impossible_layouts_are_refused_before_any_work():
         )
     with pytest.raises(SettingsError, match="parallel.cpu_offload=true"):
         check_settings(ParallelSettings(strategy="fsdp", cpu_offload=True), ModelConfig(), s, 2)
-    check_settings(ParallelSettings(strategy="tp", tp_size=0), cfg, s, world=1)  # one process: fine
+    check_settings(ParallelSettings(strategy="tp"), cfg, s, world=1)  # one process: fine
 
 
 def test_sigterm_to_torchrun_stops_every_rank_at_the_same_step_with_a_checkpoint(work):

@@ -398,7 +398,7 @@ class ParallelSettings:
         "tp: tensor parallel; fsdp+tp: both on a 2-D mesh",
     )
     tp_size: int = setting(
-        2, "tp / fsdp+tp: processes per tensor-parallel group (tp: 0 = all)", min=0
+        2, "fsdp+tp: processes per tensor-parallel group (tp always uses all of them)", min=0
     )
     cpu_offload: bool = setting(
         False, "fsdp on GPUs: keep sharded parameters and optimizer state in CPU memory"

@@ -42,12 +42,10 @@ class Dist:
 
     rank: int = 0
     world: int = 1
-    local_rank: int = 0
     strategy: str = "none"
     mesh: Any = None  # DeviceMesh: ("dp",), ("tp",) or ("dp", "tp")
     dp_rank: int = 0  # which slice of each global batch this rank reads
     dp_world: int = 1  # how many different slices there are
-    tp: int = 1
 
     @property
     def enabled(self) -> bool:
@@ -64,8 +62,9 @@ class Dist:
 
 
 def tp_degree(p: ParallelSettings, world: int) -> int:
+    """Processes per tensor-parallel group: all of them under tp, tp_size under fsdp+tp."""
     if p.strategy == "tp":
-        return p.tp_size or world
+        return world
     return p.tp_size if p.strategy == "fsdp+tp" else 1
 
 
@@ -83,11 +82,6 @@ def check_settings(
             f"(here: {p.strategy} on {device}); on CPU the shards are in CPU memory already"
         )
     tp = tp_degree(p, world)
-    if p.strategy == "tp" and tp != world:
-        raise SettingsError(
-            f"parallel.tp_size={p.tp_size}: strategy tp splits over all {world} processes; "
-            "use 0, or strategy fsdp+tp for data parallel groups"
-        )
     if p.strategy == "fsdp+tp" and (tp < 1 or world % tp):
         raise SettingsError(
             f"parallel.tp_size={p.tp_size}: strategy fsdp+tp needs a tp_size >= 1 that divides "
@@ -152,7 +146,7 @@ def setup(p: ParallelSettings, device: torch.device) -> tuple[Dist, torch.device
     else:
         mesh = init_device_mesh(device.type, (world,), mesh_dim_names=("dp",))
         dp_rank, dp_world = rank, world
-    return Dist(rank, world, local_rank, p.strategy, mesh, dp_rank, dp_world, tp), device
+    return Dist(rank, world, p.strategy, mesh, dp_rank, dp_world), device
 
 
 def teardown() -> None:
