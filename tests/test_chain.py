@@ -6,8 +6,8 @@ import json
 import subprocess
 import sys
 
+from scratchlm import runs
 from scratchlm.infer.generate import generate_text
-from scratchlm.train.checkpoint import load_run
 
 
 def test_whole_chain_learns(tmp_path, write_recipe):
@@ -42,7 +42,8 @@ def test_whole_chain_learns(tmp_path, write_recipe):
     assert samples[0]["prompt"] == "The " and samples[0]["trained"].startswith("The ")
 
     # Sampling is reproducible from the run folder alone, and the CLI prints the same text.
-    model, tok = load_run(run)
+    loaded = runs.load_model(run)
+    model, tok = loaded.model, loaded.tokenizer
     from scratchlm.config import GenerateSettings
 
     settings = GenerateSettings(max_new_tokens=12, seed=3)

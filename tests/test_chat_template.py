@@ -6,7 +6,7 @@ import pytest
 
 from scratchlm.errors import StageError
 from scratchlm.tokenizer.chat import ChatTemplate, add_chat_tokens
-from scratchlm.tokenizer.tokenizer import CharTokenizer, Tokenizer
+from scratchlm.tokenizer.tokenizer import BPETokenizer, CharTokenizer
 
 CONVO = [
     {"role": "system", "content": "Be brief."},
@@ -15,8 +15,8 @@ CONVO = [
 ]
 
 
-def byte_tokenizer(specials=("<|endoftext|>",)) -> Tokenizer:
-    return Tokenizer([bytes([i]) for i in range(256)], "gpt2", list(specials))
+def byte_tokenizer(specials=("<|endoftext|>",)) -> BPETokenizer:
+    return BPETokenizer([bytes([i]) for i in range(256)], "gpt2", list(specials))
 
 
 def test_render_layout_and_mask_positions():

@@ -18,10 +18,10 @@ import yaml
 from conftest import tiny_recipe_dict
 from safetensors.torch import load_file
 
+from scratchlm import runs
 from scratchlm.config import ModelConfig, ParallelSettings, PretrainSettings
 from scratchlm.errors import SettingsError
 from scratchlm.pipeline import Workspace, run_stage
-from scratchlm.train.checkpoint import latest_checkpoint
 from scratchlm.train.distributed import check_settings
 
 STEPS = 10
@@ -103,7 +103,7 @@ def max_rel_diff(a: dict[int, float], b: dict[int, float]) -> float:
 
 
 def final_weights(root: Path, name: str) -> dict[str, torch.Tensor]:
-    return load_file(str(latest_checkpoint(run_dir(root, name)) / "model.safetensors"))
+    return load_file(str(runs.latest_checkpoint(run_dir(root, name)) / "model.safetensors"))
 
 
 def assert_same_weights(root: Path, name: str, atol: float) -> None:
@@ -132,7 +132,7 @@ def test_strategy_matches_one_process(work, strategy, nproc, sets, tol):
     assert_same_weights(work, name, atol=1e-5)
     # Rank 0 alone prints: one summary line, not one per process.
     assert result.stdout.count("pretrain   ran") == 1
-    meta = json.loads((latest_checkpoint(run_dir(work, name)) / "meta.json").read_text())
+    meta = json.loads((runs.latest_checkpoint(run_dir(work, name)) / "meta.json").read_text())
     assert meta["parallel"] == {"strategy": strategy, "world": nproc}
 
 

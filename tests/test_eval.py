@@ -12,6 +12,7 @@ import pytest
 import torch
 from conftest import tiny_recipe
 
+from scratchlm import runs
 from scratchlm.cli import main
 from scratchlm.config import EvalSettings, ModelConfig
 from scratchlm.errors import StageError
@@ -324,9 +325,8 @@ def test_text_file_perplexity_and_settings_are_checked(run, tmp_path, capsys):
 
 def test_a_shard_file_scores_like_its_documents_as_text(run):
     from scratchlm.eval.perplexity import heldout_documents
-    from scratchlm.train.checkpoint import load_run
 
-    _, tok = load_run(run.out("pretrain"))
+    tok = runs.load_model(run.out("pretrain")).tokenizer
     docs = heldout_documents(run.out("tokenize") / "val_000.bin", tok)
     assert docs == heldout_documents(run.out("tokenize"), tok)
     assert len(docs) >= 1 and tok.eot_id not in docs[0]
@@ -369,9 +369,10 @@ def test_items_a_character_vocabulary_cannot_spell_are_left_out_and_counted(tmp_
 
 
 def test_evaluate_is_deterministic_and_leaves_the_model_mode_alone(run):
-    from scratchlm.train.checkpoint import load_run
 
-    model, tok = load_run(run.out("pretrain"))
+    loaded = runs.load_model(run.out("pretrain"))
+
+    model, tok = loaded.model, loaded.tokenizer
     model.train()
     docs = [
         tok.encode("The for statement is used to iterate over the elements of a sequence. " * 3)
@@ -433,9 +434,9 @@ def test_lm_eval_scores_an_exported_model_the_same_as_scratchlm_eval(run, tmp_pa
         assert ours["correct"] == [int(r["acc"]) for r in theirs]
         assert ours["correct_norm"] == [int(r["acc_norm"]) for r in theirs]
     from scratchlm.eval.choice import load_items
-    from scratchlm.eval.evaluate import load_model
 
-    model, tok, _ = load_model(hf)
+    loaded = runs.load_model(hf)
+    model, tok = loaded.model, loaded.tokenizer
     ours_ll = score_items(model, tok, load_items(str(items))[0]).loglik
     worst = max(abs(a - b) for x, y in zip(ours_ll, theirs_ll, strict=True) for a, b in zip(x, y, strict=True))  # fmt: skip
     assert worst < 1e-3, worst

@@ -11,17 +11,17 @@ import torch
 from conftest import tiny_recipe
 from safetensors.torch import load_file
 
+from scratchlm import runs
 from scratchlm.cli import main
 from scratchlm.config import FinetuneSettings, ModelConfig
 from scratchlm.errors import StageError
 from scratchlm.finetune import records, sft
-from scratchlm.finetune.classify import classify_texts, load_classifier
+from scratchlm.finetune.classify import classify_texts
 from scratchlm.finetune.stage import finetune
 from scratchlm.model.gpt import GPT
 from scratchlm.pipeline import Workspace, run_pipeline
 from scratchlm.tokenizer.chat import ChatTemplate, add_chat_tokens
-from scratchlm.tokenizer.tokenizer import Tokenizer
-from scratchlm.train.checkpoint import latest_checkpoint, load_run
+from scratchlm.tokenizer.tokenizer import BPETokenizer
 
 
 def settings(**kw) -> FinetuneSettings:
@@ -58,8 +58,8 @@ def qa_rows(n: int = 40) -> list[dict]:
 # --------------------------------------------------------------------------- sft data
 
 
-def byte_chat_tokenizer() -> Tokenizer:
-    return add_chat_tokens(Tokenizer([bytes([i]) for i in range(256)], "gpt2"))[0]
+def byte_chat_tokenizer() -> BPETokenizer:
+    return add_chat_tokens(BPETokenizer([bytes([i]) for i in range(256)], "gpt2"))[0]
 
 
 def test_prompt_mask_exact_positions():
@@ -142,14 +142,16 @@ def test_sft_trains_saves_reloads_and_exports_with_its_template(base_run, tmp_pa
     data = write_jsonl(tmp_path / "qa.jsonl", qa_rows())
     out = tmp_path / "sft"
     summary = finetune(settings(data=str(data)), base_run, out, progress=False)
-    assert summary["final_val_loss"] < summary["initial_val_loss"]
-    assert len(summary["answers"]) == 2 and summary["added_tokens"] == []
+    assert summary.final_val_loss < summary.initial_val_loss
+    assert len(summary.answers) == 2 and summary.added_tokens == []
     assert ChatTemplate.load(out) == ChatTemplate()
     evals = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [e["step"] for e in evals if "eval" in e] == [0, 10, 20]
     assert all("samples" in e["eval"] for e in evals if "eval" in e)
 
-    model, tok = load_run(out)
+    loaded = runs.load_model(out)
+
+    model, tok = loaded.model, loaded.tokenizer
     transformers = pytest.importorskip("transformers")
     from scratchlm.export.hf import export_run
 
@@ -175,15 +177,15 @@ def test_lora_trains_only_adapters_and_merging_changes_nothing(base_run, tmp_pat
         tmp_path / "merged",
         progress=False,
     )
-    ckpt = latest_checkpoint(tmp_path / "lora")
+    ckpt = runs.latest_checkpoint(tmp_path / "lora")
     adapter = load_file(str(ckpt / "adapter.safetensors"))
     assert not (ckpt / "model.safetensors").exists()
     assert adapter and all(".lora_" in k for k in adapter)  # nothing else was trained
     assert any(v.abs().sum() > 0 for k, v in adapter.items() if k.endswith("lora_b"))
 
-    base, _ = load_run(base_run)
-    lora, _ = load_run(tmp_path / "lora")
-    merged, _ = load_run(tmp_path / "merged")
+    base = runs.load_model(base_run).model
+    lora = runs.load_model(tmp_path / "lora").model
+    merged = runs.load_model(tmp_path / "merged").model
     x = torch.randint(0, 300, (2, 16))
     torch.testing.assert_close(lora(x)[0], merged(x)[0], atol=1e-5, rtol=1e-5)
     assert not torch.allclose(lora(x)[0], base(x)[0])
@@ -198,10 +200,11 @@ def test_chat_tokens_are_added_to_a_tokenizer_without_them(tmp_path):
     summary = finetune(
         settings(data=str(data), lora_rank=4, max_steps=5), base, tmp_path / "o", progress=False
     )
-    assert summary["added_tokens"] == ["<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
-    model, tok = load_run(tmp_path / "o")
-    assert model.cfg.vocab_size == tok.vocab_size == load_run(base)[1].vocab_size + 4
-    adapter = load_file(str(latest_checkpoint(tmp_path / "o") / "adapter.safetensors"))
+    assert summary.added_tokens == ["<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
+    loaded = runs.load_model(tmp_path / "o")
+    model, tok = loaded.model, loaded.tokenizer
+    assert model.cfg.vocab_size == tok.vocab_size == runs.load_model(base).tokenizer.vocab_size + 4
+    adapter = load_file(str(runs.latest_checkpoint(tmp_path / "o") / "adapter.safetensors"))
     assert "wte.weight" in adapter  # new rows trained beside the adapters
 
 
@@ -237,8 +240,8 @@ def test_classification_separates_a_made_up_task_and_exports(base_run, tmp_path)
         class_weights="balanced",
     )
     summary = finetune(s, base_run, tmp_path / "clf", progress=False)
-    assert summary["labels"] == ["hill", "sea"]
-    assert summary["test"]["accuracy"] >= 0.95 and summary["test"]["items"] == 40
+    assert summary.labels == ["hill", "sea"]
+    assert summary.test["accuracy"] >= 0.95 and summary.test["items"] == 40
     report = json.loads((tmp_path / "clf" / "report.json").read_text())
     assert sum(map(sum, report["test"]["confusion"])) == 40
     assert (tmp_path / "clf" / "confusion_test.png").stat().st_size > 1000
@@ -251,7 +254,7 @@ def test_classification_separates_a_made_up_task_and_exports(base_run, tmp_path)
 
     export_run(tmp_path / "clf", tmp_path / "hf")
     hf = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path / "hf").eval()
-    model, tok, names = load_classifier(tmp_path / "clf")
+    model, tok, names = runs.load_classifier(tmp_path / "clf")
     assert hf.config.id2label == dict(enumerate(names))
     x = torch.tensor([tok.encode("tide ship goat")])
     with torch.no_grad():
@@ -263,8 +266,8 @@ def test_classification_freezes_what_it_should(base_run, tmp_path, train_layers)
     train = write_jsonl(tmp_path / "train.jsonl", separable_rows(40, 1))
     s = settings(task="classify", data=str(train), max_steps=3, train_layers=train_layers, lr=1e-2)
     finetune(s, base_run, tmp_path / "clf", progress=False)
-    base, _ = load_run(base_run)
-    tuned, _, _ = load_classifier(tmp_path / "clf")
+    base = runs.load_model(base_run).model
+    tuned, _, _ = runs.load_classifier(tmp_path / "clf")
     changed = {
         k
         for k, v in base.state_dict().items()
@@ -306,11 +309,11 @@ def test_dpo_with_lora_raises_the_chosen_margin(base_run, tmp_path):
     data = write_jsonl(tmp_path / "pairs.jsonl", rows)
     s = settings(task="dpo", data=str(data), lora_rank=4, lr=1e-2, max_steps=30, beta=0.5)
     summary = finetune(s, base_run, tmp_path / "dpo", progress=False)
-    first, last = summary["initial"], summary["final"]
+    first, last = summary.initial, summary.final
     assert abs(first["reward_margin"]) < 1e-4  # the policy starts as its reference
     assert last["reward_margin"] > 0.5 and last["reward_accuracy"] == 1.0, last
-    model, _ = load_run(tmp_path / "dpo")  # adapters over the base, merged for use
-    assert model.cfg.vocab_size == load_run(base_run)[0].cfg.vocab_size
+    model = runs.load_model(tmp_path / "dpo").model  # adapters over the base, merged for use
+    assert model.cfg.vocab_size == runs.load_model(base_run).model.cfg.vocab_size
 
 
 # --------------------------------------------------------------------------- CLI and pipeline
@@ -353,9 +356,9 @@ def test_an_hf_folder_is_a_base_too(base_run, tmp_path):
     data = write_jsonl(tmp_path / "qa.jsonl", qa_rows(20))
     s = settings(data=str(data), lora_rank=4, max_steps=5)
     summary = finetune(s, tmp_path / "hf", tmp_path / "o", progress=False)
-    assert summary["base"]["kind"] == "hf"
-    tuned, _ = load_run(tmp_path / "o")  # the adapters applied over the HF weights
-    base, _ = load_run(base_run)
+    assert summary.base["kind"] == "hf"
+    tuned = runs.load_model(tmp_path / "o").model  # the adapters applied over the HF weights
+    base = runs.load_model(base_run).model
     x = torch.randint(0, 300, (1, 12))
     assert tuned(x)[0].shape == base(x)[0].shape and not torch.allclose(tuned(x)[0], base(x)[0])
 

@@ -10,9 +10,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from scratchlm import runs
 from scratchlm.config import GenerateSettings
-from scratchlm.infer.chat import Chat, run_chat, template_for
-from scratchlm.train.checkpoint import load_run
+from scratchlm.infer.chat import Chat, run_chat
 
 
 def scratchlm(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
@@ -67,8 +67,9 @@ def test_the_terminal_chat_streams_and_obeys_its_commands(tiny_run):
 
 
 def chat(tiny_run: Path, **settings) -> Chat:
-    model, tok = load_run(tiny_run)
-    return Chat(model, tok, template_for(tiny_run, tok), GenerateSettings(**settings))
+    loaded = runs.load_model(tiny_run)
+    model, tok = loaded.model, loaded.tokenizer
+    return Chat(model, tok, runs.chat_template(tiny_run, tok), GenerateSettings(**settings))
 
 
 def test_the_chat_drops_the_oldest_turns_to_fit_the_context(tiny_run):

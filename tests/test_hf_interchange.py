@@ -13,15 +13,16 @@ from transformers import (
     LlamaForCausalLM,
 )
 
+from scratchlm import runs
 from scratchlm.cli import main
 from scratchlm.config import ModelConfig, TokenizerSettings, build
 from scratchlm.errors import StageError
-from scratchlm.export.hf import export_hf, hf_family, import_hf
+from scratchlm.export.hf import export_hf
 from scratchlm.infer.generate import sample
 from scratchlm.model.gpt import GPT
+from scratchlm.model.hf import hf_family, read_hf
 from scratchlm.tokenizer.formats import export_tokenizer
 from scratchlm.tokenizer.train import train_tokenizer
-from scratchlm.train.checkpoint import load_run
 
 VOCAB = 300
 
@@ -62,7 +63,7 @@ def hf_greedy(hf: torch.nn.Module, idx: torch.Tensor, n: int) -> torch.Tensor:
 def test_import_gives_hfs_logits_and_greedy_text(family, tmp_path):
     hf = hf_models()[family]
     hf.save_pretrained(tmp_path)
-    cfg, state = import_hf(tmp_path)
+    cfg, state = read_hf(tmp_path)
     ours = GPT(cfg).eval()
     ours.load_state_dict(state)
     idx = torch.randint(VOCAB, (3, 40))
@@ -118,7 +119,7 @@ def test_run_folder_round_trip_through_the_cli(tmp_path):
     )
     export_tokenizer(tok, tmp_path / "hf")
     assert main(["import", "hf", str(tmp_path / "hf"), str(tmp_path / "run")]) == 0
-    model, run_tok = load_run(tmp_path / "run")
+    run_tok = runs.load_model(tmp_path / "run").tokenizer
     assert run_tok.encode("for x in y") == tok.encode("for x in y")
     assert main(["export", "hf", str(tmp_path / "run"), str(tmp_path / "back")]) == 0
     back = AutoModelForCausalLM.from_pretrained(tmp_path / "back").eval()
@@ -153,4 +154,4 @@ def test_models_without_an_hf_equivalent_are_refused_with_the_reason():
 def test_import_refuses_other_model_types(tmp_path):
     (tmp_path / "config.json").write_text('{"model_type": "bert"}')
     with pytest.raises(StageError, match="only gpt2 and llama"):
-        import_hf(tmp_path)
+        read_hf(tmp_path)

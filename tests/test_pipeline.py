@@ -134,11 +134,11 @@ def test_crash_inside_a_stage_leaves_no_output_folder(tmp_path, monkeypatch):
 
 
 def test_crash_while_tokenizing_leaves_no_partial_shard(tmp_path, monkeypatch):
-    from scratchlm.tokenizer.tokenizer import Tokenizer
+    from scratchlm.tokenizer.tokenizer import BPETokenizer
 
     ws = Workspace(tmp_path / "work", "tiny")
     recipe = tiny_recipe(curate={"max_docs": 0, "min_words": 0})
-    real = Tokenizer.encode_batch
+    real = BPETokenizer.encode_batch
     batches = {"n": 0}
 
     def crash_on_second_batch(self, texts, threads=0):
@@ -147,7 +147,7 @@ def test_crash_while_tokenizing_leaves_no_partial_shard(tmp_path, monkeypatch):
             raise RuntimeError("simulated crash")
         return real(self, texts, threads)
 
-    monkeypatch.setattr(Tokenizer, "encode_batch", crash_on_second_batch)
+    monkeypatch.setattr(BPETokenizer, "encode_batch", crash_on_second_batch)
     import scratchlm.tokenizer.shards as shards
 
     real_batches = shards._batches
@@ -159,7 +159,7 @@ def test_crash_while_tokenizing_leaves_no_partial_shard(tmp_path, monkeypatch):
     assert batches["n"] == 2  # the first batch's tokens were written before the crash
     assert not ws.out("tokenize").exists()
     assert sorted(p.name for p in ws.root.iterdir()) == ["curated", "tokenizer"]
-    monkeypatch.setattr(Tokenizer, "encode_batch", real)
+    monkeypatch.setattr(BPETokenizer, "encode_batch", real)
     assert ran(run_pipeline(recipe, ws, progress=False)) == [
         "tokenize",
         "pretrain",

@@ -14,10 +14,10 @@ import pytest
 import torch
 from conftest import tiny_recipe
 
+from scratchlm import runs
 from scratchlm.config import Recipe
 from scratchlm.errors import StageError
 from scratchlm.pipeline import Workspace, run_stage
-from scratchlm.train.checkpoint import latest_checkpoint
 from scratchlm.train.data import TokenData
 from scratchlm.train.loop import Trainer, TrainingInterrupted
 
@@ -54,7 +54,7 @@ def trainer(ws: Workspace, run: Path, recipe: Recipe) -> Trainer:
 def weights(run: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
-    return load_file(str(latest_checkpoint(run) / "model.safetensors"))
+    return load_file(str(runs.latest_checkpoint(run) / "model.safetensors"))
 
 
 KILLER = """
@@ -97,13 +97,13 @@ def test_resume_after_sigkill_is_bit_identical(tokens, tmp_path, kill_at_call):
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert proc.returncode == -signal.SIGKILL, proc.stderr
-    assert latest_checkpoint(tmp_path / "killed").name == "step_000008"
+    assert runs.latest_checkpoint(tmp_path / "killed").name == "step_000008"
 
     resumed = dataclasses.replace(
         recipe, pretrain=dataclasses.replace(recipe.pretrain, resume="auto")
     )
     summary = trainer(tokens, tmp_path / "killed", resumed).run()
-    assert summary["steps"] == 12
+    assert summary.steps == 12
     a, b = weights(tmp_path / "straight"), weights(tmp_path / "killed")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     steps = [
@@ -146,7 +146,7 @@ def test_nonfinite_loss_stops_with_the_last_good_checkpoint(tokens, tmp_path):
     _nan_at(t, 5)
     with pytest.raises(StageError, match=r"non-finite loss nan.*at step 5.*step_000004"):
         t.run()
-    assert latest_checkpoint(tmp_path).name == "step_000004"
+    assert runs.latest_checkpoint(tmp_path).name == "step_000004"
     assert all(torch.isfinite(w).all() for w in weights(tmp_path).values())
 
 
@@ -154,7 +154,7 @@ def test_nonfinite_loss_can_skip_the_batch(tokens, tmp_path):
     t = trainer(tokens, tmp_path, recipe_for(max_steps=8, on_nonfinite="skip"))
     _nan_at(t, 5)
     summary = t.run()
-    assert summary["skipped_batches"] == 1 and summary["steps"] == 8
+    assert summary.skipped_batches == 1 and summary.steps == 8
     assert all(torch.isfinite(w).all() for w in weights(tmp_path).values())
 
 
@@ -194,9 +194,9 @@ def test_sigterm_saves_and_resume_continues(tokens, tmp_path):
     t.train_step = step_then_signal
     with pytest.raises(TrainingInterrupted, match="SIGTERM: saved step 3"):
         t.run()
-    assert latest_checkpoint(tmp_path).name == "step_000003"
+    assert runs.latest_checkpoint(tmp_path).name == "step_000003"
     resumed = trainer(tokens, tmp_path, recipe_for(max_steps=12, checkpoint_every=0, resume="auto"))
-    assert resumed.step == 3 and resumed.run()["steps"] == 12
+    assert resumed.step == 3 and resumed.run().steps == 12
 
 
 def test_resume_refuses_other_model_settings(tokens, tmp_path):
@@ -248,11 +248,11 @@ def test_muon_orthogonalises_and_trains(tokens, tmp_path):
         tmp_path,
         recipe_for(optimizer="muon", max_steps=30, eval_every=30, checkpoint_every=0),
     ).run()
-    assert summary["final_val_loss"] < summary["initial_val_loss"] - 0.5
+    assert summary.final_val_loss < summary.initial_val_loss - 0.5
 
 
 def test_activation_checkpointing_gives_the_same_gradients(tokens, tmp_path):
-    from scratchlm.train.loop import apply_activation_checkpointing
+    from scratchlm.train.distributed import apply_activation_checkpointing
 
     plain = trainer(tokens, tmp_path / "a", recipe_for()).model
     ckpt = trainer(tokens, tmp_path / "b", recipe_for(activation_checkpointing=True)).model
@@ -293,7 +293,7 @@ def test_a_signal_during_evaluation_still_saves(tokens, tmp_path):
     t.evaluate = evaluate_then_signal
     with pytest.raises(TrainingInterrupted, match="SIGINT: saved step 4"):
         t.run()
-    assert latest_checkpoint(tmp_path).name == "step_000004"
+    assert runs.latest_checkpoint(tmp_path).name == "step_000004"
 
 
 def test_resume_uses_the_new_optimizer_settings_and_refusal_writes_nothing(tokens, tmp_path):

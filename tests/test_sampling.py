@@ -8,6 +8,7 @@ import dataclasses
 import pytest
 import torch
 
+from scratchlm import runs
 from scratchlm.config import GenerateSettings, ModelConfig
 from scratchlm.infer.generate import (
     Row,
@@ -20,7 +21,6 @@ from scratchlm.infer.layout import prepare_for_generation
 from scratchlm.infer.sampling import Sampling, filter_logits, penalize_repeats
 from scratchlm.infer.text import TextStream
 from scratchlm.model.gpt import GPT
-from scratchlm.train.checkpoint import load_run
 
 # A known next-token distribution: tokens 0-3 likely, the other 12 share the rest evenly.
 PROBS = [0.3, 0.2, 0.15, 0.1] + [0.25 / 12] * 12
@@ -97,7 +97,8 @@ def test_repetition_penalty():
 
 
 def test_same_seed_same_text_other_seed_other_text(tiny_run):
-    model, tok = load_run(tiny_run)
+    loaded = runs.load_model(tiny_run)
+    model, tok = loaded.model, loaded.tokenizer
     s = GenerateSettings(max_new_tokens=40, temperature=1.0, top_k=0, seed=7)
     first = generate_text(model, tok, "The ", s)
     assert first == generate_text(model, tok, "The ", s)
@@ -107,7 +108,8 @@ def test_same_seed_same_text_other_seed_other_text(tiny_run):
 
 @pytest.mark.parametrize("temperature", [0.0, 1.0], ids=["greedy", "seeded-sampling"])
 def test_a_batch_of_different_lengths_gives_what_each_prompt_gives_alone(tiny_run, temperature):
-    model, tok = load_run(tiny_run)
+    loaded = runs.load_model(tiny_run)
+    model, tok = loaded.model, loaded.tokenizer
     if temperature == 0:  # an untrained model: its greedy choices depend on the context
         model = untrained_model(model.cfg, seed=0)
     prepare_for_generation(model)
@@ -121,7 +123,8 @@ def test_a_batch_of_different_lengths_gives_what_each_prompt_gives_alone(tiny_ru
 
 
 def test_stop_strings_stop(tiny_run):
-    model, tok = load_run(tiny_run)
+    loaded = runs.load_model(tiny_run)
+    model, tok = loaded.model, loaded.tokenizer
     s = GenerateSettings(max_new_tokens=60, temperature=1.0, top_k=0, seed=11, stop=[])
     text = complete(model, tok, ["The "], s)[0].stream.text
     stop = text[20:22]  # a piece of what this seed writes anyway

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from scratchlm.config import TokenizerSettings
 from scratchlm.tokenizer.bpe import PATTERNS, count_pretokens, encode_chunk, train_bpe
-from scratchlm.tokenizer.tokenizer import ENDOFTEXT, Tokenizer, load_tokenizer
+from scratchlm.tokenizer.tokenizer import ENDOFTEXT, BPETokenizer, load_tokenizer
 from scratchlm.tokenizer.train import train_tokenizer
 
 
@@ -35,7 +35,7 @@ def test_stops_when_nothing_is_left_to_merge():
 
 
 @pytest.fixture(scope="module")
-def pydoc_tokenizer() -> Tokenizer:
+def pydoc_tokenizer() -> BPETokenizer:
     from pydoc_data.topics import topics
 
     texts = list(topics.values())[:40]

@@ -3,9 +3,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from scratchlm import runs
 from scratchlm.config import ModelConfig, PretrainSettings
 from scratchlm.model.gpt import GPT
-from scratchlm.train.checkpoint import latest_checkpoint, load_weights, save_checkpoint
 from scratchlm.train.optim import lr_at, make_optimizer
 
 
@@ -52,9 +52,9 @@ def test_weight_decay_only_on_matrices():
 def test_checkpoint_round_trip_and_atomicity(tmp_path):
     cfg = ModelConfig(vocab_size=50, block_size=8, n_layer=1, n_head=2, n_embd=16)
     model = GPT(cfg)
-    save_checkpoint(tmp_path, 5, model, None, {})
+    runs.save_checkpoint(tmp_path, 5, model, {})
     again = GPT(cfg)
-    load_weights(again, latest_checkpoint(tmp_path))
+    runs.load_weights(again, runs.latest_checkpoint(tmp_path))
     idx = torch.randint(50, (2, 8))
     assert torch.equal(model(idx)[0], again(idx)[0])
     assert again.lm_head.weight is again.wte.weight
@@ -68,6 +68,6 @@ def test_checkpoint_round_trip_and_atomicity(tmp_path):
 
     model.state_dict = exploding_state_dict
     with pytest.raises(Boom):
-        save_checkpoint(tmp_path, 9, model, None, {})
-    assert latest_checkpoint(tmp_path).name == "step_000005"
+        runs.save_checkpoint(tmp_path, 9, model, {})
+    assert runs.latest_checkpoint(tmp_path).name == "step_000005"
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step_000005"]

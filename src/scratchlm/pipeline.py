@@ -24,14 +24,28 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import yaml
 
 from scratchlm import __version__
 from scratchlm.config import Recipe
+from scratchlm.data.curate import curate, iter_curated_texts
+from scratchlm.data.report import CurateSummary
+from scratchlm.data.sources import fingerprint_sources
+from scratchlm.device import resolve_device
 from scratchlm.errors import StageError
+from scratchlm.eval.evaluate import evaluate_path, input_files
+from scratchlm.eval.report import EvalSummary, write_report
+from scratchlm.finetune.stage import finetune
+from scratchlm.finetune.summaries import FinetuneSummary, summary_from_dict
+from scratchlm.infer.generate import SampleSummary, before_after_samples
 from scratchlm.io import atomic_dir, atomic_write_json, atomic_write_text, file_sha256, json_sha256
+from scratchlm.tokenizer.shards import TokenizeSummary, tokenize_corpus
+from scratchlm.tokenizer.tokenizer import load_tokenizer
+from scratchlm.tokenizer.train import TokenizerSummary, train_tokenizer_stage
+from scratchlm.train.distributed import is_main_process
+from scratchlm.train.loop import PretrainSummary, pretrain
 
 STAGES = ("curate", "tokenizer", "tokenize", "pretrain", "finetune", "sample", "eval")
 SECTIONS = {  # which recipe sections decide each stage's output
@@ -70,6 +84,16 @@ FOLDERS = {
     "eval": "eval",
 }
 MANIFEST = "manifest.json"
+# The command that runs each stage on its own (sample runs only inside `scratchlm run`).
+COMMANDS = {
+    "curate": "curate",
+    "tokenizer": "tokenizer train",
+    "tokenize": "tokenize",
+    "pretrain": "pretrain",
+    "finetune": "finetune",
+    "sample": "run",
+    "eval": "eval",
+}
 
 
 @dataclass(frozen=True)
@@ -106,7 +130,7 @@ class StageResult:
     ran: bool
     seconds: float
     out: Path
-    summary: dict[str, Any]
+    summary: Summary
 
 
 def read_manifest(out: Path) -> dict[str, Any] | None:
@@ -127,7 +151,7 @@ def stage_key(stage: str, recipe: Recipe, ws: Workspace) -> str:
         manifest = read_manifest(ws.out(up))
         if manifest is None:
             raise StageError(
-                f"stage {stage} needs the output of stage {up} in {ws.out(up)}: run `scratchlm {_command(up)}` first"
+                f"stage {stage} needs the output of stage {up} in {ws.out(up)}: run `scratchlm {COMMANDS[up]}` first"
             )
         payload["upstream"][up] = manifest["digest"]
     if stage == "pretrain" and recipe.eval.every_steps:  # the hook's scores are in its metrics
@@ -135,18 +159,10 @@ def stage_key(stage: str, recipe: Recipe, ws: Workspace) -> str:
             "every_steps": recipe.eval.every_steps
         }
     if stage == "eval":
-        from scratchlm.eval.evaluate import input_files
-
         payload["files"] = {str(p): file_sha256(p) for p in input_files(recipe.eval)}
     if stage == "curate":
-        from scratchlm.data.sources import fingerprint_sources
-
         payload["sources"] = fingerprint_sources(recipe.curate.sources)
     return json_sha256(payload)
-
-
-def _command(stage: str) -> str:
-    return {"tokenizer": "tokenizer train", "sample": "run"}.get(stage, stage)
 
 
 def _settings(recipe: Recipe, section: str) -> dict[str, Any]:
@@ -193,82 +209,53 @@ def is_fresh(stage: str, key: str, ws: Workspace) -> bool:
 # --------------------------------------------------------------------------- the stages
 
 
-def _run_curate(recipe: Recipe, ws: Workspace, out: Path, progress: bool) -> dict[str, Any]:
-    from scratchlm.data.curate import curate
+class Summary(Protocol):
+    """What a stage reports: a dataclass (saved in its manifest) with a one-line headline."""
 
-    report = curate(recipe.curate, out, progress)
-    return {k: report[k] for k in ("documents_in", "documents_out", "chars_out")} | {
-        "dropped": {r: d["count"] for r, d in report["dropped"].items()}
-    }
+    def headline(self) -> str: ...
 
 
-def _run_tokenizer(recipe: Recipe, ws: Workspace, out: Path, progress: bool) -> dict[str, Any]:
-    from scratchlm.data.curate import iter_curated_texts
-    from scratchlm.tokenizer.train import train_tokenizer_stage
-
-    return train_tokenizer_stage(
-        iter_curated_texts(ws.out("curate")), recipe.tokenizer, out, progress
-    )
+def _run_curate(recipe: Recipe, ws: Workspace, out: Path, progress: bool) -> CurateSummary:
+    return CurateSummary.from_report(curate(recipe.curate, out, progress))
 
 
-def _run_tokenize(recipe: Recipe, ws: Workspace, out: Path, progress: bool) -> dict[str, Any]:
-    from scratchlm.data.curate import iter_curated_texts
-    from scratchlm.tokenizer.shards import tokenize_corpus
-    from scratchlm.tokenizer.tokenizer import load_tokenizer
+def _run_tokenizer(recipe: Recipe, ws: Workspace, out: Path, progress: bool) -> TokenizerSummary:
+    texts = iter_curated_texts(ws.out("curate"))
+    return train_tokenizer_stage(texts, recipe.tokenizer, out, progress)
 
+
+def _run_tokenize(recipe: Recipe, ws: Workspace, out: Path, progress: bool) -> TokenizeSummary:
     tok = load_tokenizer(ws.out("tokenizer") / "tokenizer.json")
-    meta = tokenize_corpus(
-        iter_curated_texts(ws.out("curate")), tok, recipe.tokenize, out, progress
-    )
-    return {
-        "tokens": meta["tokens"],
-        "documents": meta["documents"],
-        "tokens_per_second": meta["tokens_per_second"],
-    }
+    texts = iter_curated_texts(ws.out("curate"))
+    return TokenizeSummary.from_meta(tokenize_corpus(texts, tok, recipe.tokenize, out, progress))
 
 
-def _run_pretrain(recipe: Recipe, ws: Workspace, out: Path, progress: bool) -> dict[str, Any]:
-    from scratchlm.train.loop import pretrain
-
-    return pretrain(
-        recipe, ws.out("tokenize"), ws.out("tokenizer") / "tokenizer.json", out, progress
-    )
+def _run_pretrain(recipe: Recipe, ws: Workspace, out: Path, progress: bool) -> PretrainSummary:
+    tokenizer = ws.out("tokenizer") / "tokenizer.json"
+    return pretrain(recipe, ws.out("tokenize"), tokenizer, out, progress)
 
 
-def _run_finetune(recipe: Recipe, ws: Workspace, out: Path, progress: bool) -> dict[str, Any]:
-    from scratchlm.finetune.stage import finetune
-
+def _run_finetune(recipe: Recipe, ws: Workspace, out: Path, progress: bool) -> FinetuneSummary:
     return finetune(recipe.finetune, ws.out("pretrain"), out, progress)
 
 
-def _run_sample(recipe: Recipe, ws: Workspace, out: Path, progress: bool) -> dict[str, Any]:
-    from scratchlm.infer.generate import before_after_samples
-
+def _run_sample(recipe: Recipe, ws: Workspace, out: Path, progress: bool) -> SampleSummary:
     samples = before_after_samples(ws.out("pretrain"), recipe.generate, recipe.pretrain.seed)
     atomic_write_json(out / "samples.json", samples)
-    return {"samples": samples}
+    return SampleSummary(samples)
 
 
-def _run_eval(recipe: Recipe, ws: Workspace, out: Path, progress: bool) -> dict[str, Any]:
-    from scratchlm.eval.evaluate import evaluate_path
-    from scratchlm.eval.report import write_report
-    from scratchlm.train.loop import resolve_device
-
+def _run_eval(recipe: Recipe, ws: Workspace, out: Path, progress: bool) -> EvalSummary:
     s = recipe.eval
     if not s.heldout:  # the pipeline's own held-out split
         s = dataclasses.replace(s, heldout=str(ws.out("tokenize")))
-    result = evaluate_path(
-        ws.out("pretrain"), s, device=str(resolve_device(recipe.pretrain.device))
-    )
+    device = resolve_device(recipe.pretrain.device, "pretrain.device")
+    result = evaluate_path(ws.out("pretrain"), s, device=str(device))
     write_report(out, result)
-    keep = ("items", "acc", "acc_ci", "acc_norm", "chance")
-    return {
-        "perplexity": result.get("perplexity"),
-        "tasks": {n: {k: t[k] for k in keep} for n, t in result["tasks"].items()},
-    }
+    return EvalSummary.from_result(result)
 
 
-RUNNERS: dict[str, Callable[[Recipe, Workspace, Path, bool], dict[str, Any]]] = {
+RUNNERS: dict[str, Callable[[Recipe, Workspace, Path, bool], Summary]] = {
     "curate": _run_curate,
     "tokenizer": _run_tokenizer,
     "tokenize": _run_tokenize,
@@ -277,6 +264,23 @@ RUNNERS: dict[str, Callable[[Recipe, Workspace, Path, bool], dict[str, Any]]] = 
     "sample": _run_sample,
     "eval": _run_eval,
 }
+SUMMARIES: dict[str, Callable[..., Summary]] = {
+    "curate": CurateSummary,
+    "tokenizer": TokenizerSummary,
+    "tokenize": TokenizeSummary,
+    "pretrain": PretrainSummary,
+    "sample": SampleSummary,
+    "eval": EvalSummary,
+}
+
+
+def _saved_summary(stage: str, manifest: dict[str, Any]) -> Summary | None:
+    """The summary a manifest holds, or None if it was written in another shape."""
+    data = manifest.get("summary", {})
+    try:
+        return summary_from_dict(data) if stage == "finetune" else SUMMARIES[stage](**data)
+    except (TypeError, KeyError):
+        return None
 
 
 def run_stage(
@@ -286,15 +290,14 @@ def run_stage(
     key = stage_key(stage, recipe, ws)
     out = ws.out(stage)
     if not force and is_fresh(stage, key, ws):
-        manifest = read_manifest(out) or {}
-        return StageResult(stage, False, 0.0, out, manifest.get("summary", {}))
+        summary = _saved_summary(stage, read_manifest(out) or {})
+        if summary is not None:
+            return StageResult(stage, False, 0.0, out, summary)
     start = time.time()
     settings_yaml = yaml.safe_dump(
         {sec: dataclasses.asdict(getattr(recipe, sec)) for sec in SECTIONS[stage]}, sort_keys=False
     )
     if stage == "pretrain":
-        from scratchlm.train.distributed import is_main_process
-
         # A run folder is trained in place (checkpoints appear as it goes). An earlier attempt
         # is discarded so the new run starts clean, unless asked to resume from it.
         if recipe.pretrain.resume != "auto" and is_main_process():
@@ -321,7 +324,7 @@ def run_stage(
             "key": key,
             "digest": json_sha256(outputs),
             "outputs": outputs,
-            "summary": summary,
+            "summary": dataclasses.asdict(summary),  # type: ignore[call-overload]
             "seconds": seconds,
             "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         },

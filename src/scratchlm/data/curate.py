@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import multiprocessing as mp
 import os
 import time
 from collections import Counter
@@ -26,10 +27,11 @@ from typing import Any
 
 from tqdm import tqdm
 
-from scratchlm.config import CORPUS_STEPS, CurateSettings
 from scratchlm.data.dedup import MinHasher, dedup_lines, exact_key, near_duplicate_clusters
-from scratchlm.data.report import length_bin
-from scratchlm.data.sources import Document, iter_documents
+from scratchlm.data.ray_executor import ray_map
+from scratchlm.data.report import length_bin, write_reports
+from scratchlm.data.settings import CORPUS_STEPS, CurateSettings
+from scratchlm.data.sources import Document, iter_documents, open_binary
 from scratchlm.data.steps import ChunkResult, DocumentSteps
 from scratchlm.errors import StageError
 from scratchlm.io import atomic_open
@@ -76,15 +78,11 @@ def map_in_order(
     if not rest:
         return
     items = itertools.chain(rest, items)
-    if s.executor == "ray":
-        from scratchlm.data.ray_executor import ray_map
-
-        yield from ray_map(s, fn, items, stateful, n)
-        return
-    import multiprocessing as mp
-
-    ctx = mp.get_context("spawn")  # fork would copy the parent's threads and locks
     init, initargs = (_init_worker, (s,)) if stateful else (None, ())
+    if s.executor == "ray":
+        yield from ray_map(fn, items, n, init, initargs)
+        return
+    ctx = mp.get_context("spawn")  # fork would copy the parent's threads and locks
     with ctx.Pool(n, initializer=init, initargs=initargs) as pool:
         yield from pool.imap(fn, items, chunksize=1)
 
@@ -279,8 +277,6 @@ def write_shard(path: Path, docs: list[Document], fmt: str) -> None:
 
 def curate(settings: CurateSettings, out_dir: Path, progress: bool = True) -> dict[str, Any]:
     """Run curation into `out_dir` (which must be empty or new); return the report."""
-    from scratchlm.data.report import write_reports
-
     start = time.time()
     out_dir.mkdir(parents=True, exist_ok=True)
     run = Curation(settings, out_dir, progress)
@@ -325,9 +321,7 @@ def iter_curated(curated_dir: Path) -> Iterator[dict[str, Any]]:
                 for row in batch.to_pylist():
                     yield {"id": row["id"], "text": row["text"], "meta": json.loads(row["meta"])}
             continue
-        from scratchlm.data.sources import _open_binary
-
-        with _open_binary(shard) as f:
+        with open_binary(shard) as f:
             for line in f:
                 yield json.loads(line)
 

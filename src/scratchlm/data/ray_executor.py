@@ -1,8 +1,9 @@
-"""Curation on Ray: the same chunks and functions as the local process pool, on a Ray cluster.
+"""A map on Ray: `fn` over items on a Ray cluster, results in input order.
 
-`ray.init()` joins the cluster named by RAY_ADDRESS, or starts a local one. Per-document work
-runs in actors that each build their DocumentSteps once (the fastText models load once per
-actor); results come back in submission order, so the output equals the local one.
+`ray.init()` joins the cluster named by RAY_ADDRESS, or starts a local one. Each worker is an
+actor that runs `initializer(*initargs)` once (as a process pool's initializer does: load the
+models a function needs once per worker), then `fn` on the items sent to it. Nothing here knows
+what the function does; curation (curate.py) is one caller.
 """
 
 from __future__ import annotations
@@ -10,11 +11,13 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from scratchlm.config import CurateSettings
-
 
 def ray_map(
-    s: CurateSettings, fn: Callable[[Any], Any], items: Iterable[Any], stateful: bool, workers: int
+    fn: Callable[[Any], Any],
+    items: Iterable[Any],
+    workers: int,
+    initializer: Callable[..., None] | None = None,
+    initargs: tuple[Any, ...] = (),
 ) -> Iterator[Any]:
     import ray
     from ray.util import ActorPool
@@ -24,16 +27,14 @@ def ray_map(
 
     @ray.remote(num_cpus=1)
     class Worker:
-        def __init__(self, settings: CurateSettings, stateful: bool):
-            if stateful:
-                from scratchlm.data import curate
-
-                curate._init_worker(settings)
+        def __init__(self, initializer: Callable[..., None] | None, initargs: tuple[Any, ...]):
+            if initializer is not None:
+                initializer(*initargs)
 
         def run(self, fn: Callable[[Any], Any], item: Any) -> Any:
             return fn(item)
 
-    pool = ActorPool([Worker.remote(s, stateful) for _ in range(workers)])
+    pool = ActorPool([Worker.remote(initializer, initargs) for _ in range(workers)])
     in_flight = 0
     for item in items:  # at most two items per worker in flight: memory stays bounded
         pool.submit(lambda actor, x: actor.run.remote(fn, x), item)

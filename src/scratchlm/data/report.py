@@ -3,10 +3,29 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from scratchlm.io import atomic_open, atomic_write_json, atomic_write_text
+
+
+@dataclass
+class CurateSummary:
+    """The report's headline numbers, for the pipeline's manifest and the CLI."""
+
+    documents_in: int
+    documents_out: int
+    chars_out: int
+    dropped: dict[str, int]  # reason -> documents
+
+    def headline(self) -> str:
+        return f"{self.documents_in:,} documents in, {self.documents_out:,} kept"
+
+    @classmethod
+    def from_report(cls, report: dict[str, Any]) -> CurateSummary:
+        dropped = {reason: d["count"] for reason, d in report["dropped"].items()}
+        return cls(report["documents_in"], report["documents_out"], report["chars_out"], dropped)
 
 
 def length_bin(words: int) -> str:

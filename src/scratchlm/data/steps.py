@@ -14,11 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from scratchlm.config import DOCUMENT_STEPS, CurateSettings
 from scratchlm.data import filters
 from scratchlm.data.clean import normalize, strip_gutenberg
+from scratchlm.data.fasttext_models import LanguageID, QualityModel
 from scratchlm.data.pii import mask_pii
+from scratchlm.data.settings import DOCUMENT_STEPS, CurateSettings
 from scratchlm.data.sources import Document
+from scratchlm.errors import StageError
 
 EXCERPT = 160  # characters of a dropped document kept as an example in the report
 BADWORDS_DIR = Path(__file__).parent / "badwords"
@@ -61,8 +63,6 @@ def load_badwords(s: CurateSettings) -> tuple[frozenset[str], tuple[str, ...]]:
     folder = Path(s.badwords_dir) if s.badwords_dir else BADWORDS_DIR
     path = folder / f"{s.badwords_language}.txt"
     if not path.is_file():
-        from scratchlm.errors import StageError
-
         raise StageError(f"curate.badwords_language={s.badwords_language}: no list at {path}")
     entries = [
         line.strip().lower()
@@ -79,12 +79,8 @@ class DocumentSteps:
         self.langid = self.quality = None
         self.badwords: tuple[frozenset[str], tuple[str, ...]] = (frozenset(), ())
         if "language" in self.steps:
-            from scratchlm.data.fasttext_models import LanguageID
-
             self.langid = LanguageID()
         if "quality" in self.steps:
-            from scratchlm.data.fasttext_models import QualityModel
-
             self.quality = QualityModel(s.quality_model)
         if "badwords" in self.steps:
             self.badwords = load_badwords(s)

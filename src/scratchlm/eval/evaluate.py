@@ -12,21 +12,18 @@ from typing import Any
 
 import torch
 
+from scratchlm import runs
 from scratchlm.config import EvalSettings
 from scratchlm.errors import StageError
 from scratchlm.eval.choice import Item, load_items, score_items
-from scratchlm.eval.perplexity import effective_stride, heldout_documents, perplexity
+from scratchlm.eval.perplexity import (
+    effective_stride,
+    heldout_documents,
+    perplexity,
+    shard_documents,
+)
 from scratchlm.eval.stats import wilson
 from scratchlm.eval.tasks import BUILTIN_TASKS
-
-
-def load_model(path: Path, device: str = "cpu") -> tuple[torch.nn.Module, Any, str]:
-    """(model, tokenizer, checkpoint name) of a run folder or an HF folder from `export hf`."""
-    from scratchlm.train.checkpoint import latest_checkpoint
-    from scratchlm.train.checkpoint import load_model as load
-
-    model, tok = load(path, device)
-    return model, tok, latest_checkpoint(path).name if (path / "config.yaml").is_file() else "hf"
 
 
 def default_heldout(run_dir: Path) -> Path | None:
@@ -148,7 +145,8 @@ def evaluate_path(
     pipeline's tokens beside the run."""
     if not path.is_dir():
         raise StageError(f"{path}: no such run folder")
-    model, tok, ckpt = load_model(path, device)
+    loaded = runs.load_model(path, device)
+    model, tok = loaded.model, loaded.tokenizer
     sources = [Path(t) for t in text] if text else []
     if not sources and s.heldout:
         sources = [Path(s.heldout)]
@@ -156,7 +154,11 @@ def evaluate_path(
         sources = [found]
     docs = [d for src in sources for d in heldout_documents(src, tok)]
     result = evaluate(model, tok, s, docs or None, tasks)
-    result["model"] = {"path": str(path), "checkpoint": ckpt, "parameters": model.num_params()}
+    result["model"] = {
+        "path": str(path),
+        "checkpoint": loaded.checkpoint,
+        "parameters": model.num_params(),
+    }
     if docs:
         result["perplexity"]["source"] = [str(p) for p in sources]
     return result
@@ -167,8 +169,6 @@ def evaluate_path(
 
 def hook_tasks(s: EvalSettings, tokens_dir: Path, tok: Any) -> dict[str, list[Item]]:
     """The items the pretraining hook scores every eval.every_steps: made once, reused."""
-    from scratchlm.eval.perplexity import shard_documents
-
     texts = None
     if any(spec in BUILTIN_TASKS for spec in s.tasks):
         texts = [tok.decode(d) for d in shard_documents(tokens_dir, tok)]

@@ -20,7 +20,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from scratchlm.data.sources import iter_documents
 from scratchlm.errors import StageError
+from scratchlm.tokenizer.shards import TokenStream, load_meta, token_dtype
 
 
 def effective_stride(window: int, stride: int) -> int:
@@ -148,9 +150,6 @@ def perplexity(
 
 def shard_documents(tokens_dir: Path, tok: Any) -> Iterator[list[int]]:
     """The validation documents of a tokens folder (train if it has none), as token ids."""
-    from scratchlm.tokenizer.shards import load_meta
-    from scratchlm.train.data import TokenStream
-
     meta = load_meta(tokens_dir)
     if meta.get("tokenizer") != tok.fingerprint():
         raise StageError(
@@ -174,8 +173,6 @@ def shard_documents(tokens_dir: Path, tok: Any) -> Iterator[list[int]]:
 
 def text_documents(path: Path, text_field: str = "text") -> list[str]:
     """A text file is one document; a JSONL file holds one per line (its `text_field`)."""
-    from scratchlm.data.sources import iter_documents
-
     if not path.exists():
         raise StageError(f"{path}: no such file")
     texts = [d.text for d in iter_documents([str(path)], text_field) if d.text]
@@ -186,8 +183,6 @@ def text_documents(path: Path, text_field: str = "text") -> list[str]:
 
 def bin_documents(path: Path, tok: Any) -> list[list[int]]:
     """The documents of one raw shard file (train_000.bin, ...) made with `tok`."""
-    from scratchlm.tokenizer.shards import token_dtype
-
     ids = np.fromfile(path, dtype=token_dtype(tok.vocab_size)).astype(np.int64)
     if len(ids) and ids.max() >= tok.vocab_size:
         raise StageError(f"{path}: token id {ids.max()} is outside the model's tokenizer")

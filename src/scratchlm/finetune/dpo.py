@@ -24,6 +24,7 @@ from scratchlm.errors import StageError
 from scratchlm.finetune import records, sft
 from scratchlm.finetune.base import Base, save_chat_run, vocab_params, with_chat_tokens
 from scratchlm.finetune.loop import EpochBatches, fit, total_steps, use_lora
+from scratchlm.finetune.summaries import DPOSummary
 from scratchlm.tokenizer.chat import ChatTemplate
 
 
@@ -132,7 +133,7 @@ def evaluate_pairs(
 
 def run(
     s: FinetuneSettings, base: Base, out: Path, device: torch.device, progress: bool
-) -> dict[str, Any]:
+) -> DPOSummary:
     """DPO: preference pairs -> reference log-probabilities (once) -> the DPO loss; reward
     accuracy and margin on the validation pairs at every evaluation."""
     tok, added = with_chat_tokens(base)
@@ -207,15 +208,15 @@ def run(
         {"task": "dpo", "val_loss": evals[-1].get("val_loss")},
         base,
     )
-    return {
-        "task": "dpo",
-        "base": base.source,
-        "steps": steps,
-        "pairs": {"train": len(train_pairs), "val": len(val_pairs)},
-        "truncated": {"train": cut, "val": val_cut},
-        "skipped_records": records.skipped_summary(skipped),
-        "added_tokens": added,
-        "initial": {k: v for k, v in evals[0].items() if k != "samples"},
-        "final": {k: v for k, v in evals[-1].items() if k != "samples"},
-        "answers": sft.answers(evals),
-    }
+    return DPOSummary(
+        task="dpo",
+        base=base.source,
+        steps=steps,
+        pairs={"train": len(train_pairs), "val": len(val_pairs)},
+        truncated={"train": cut, "val": val_cut},
+        skipped_records=records.skipped_summary(skipped),
+        added_tokens=added,
+        initial={k: v for k, v in evals[0].items() if k != "samples"},
+        final={k: v for k, v in evals[-1].items() if k != "samples"},
+        answers=sft.answers(evals),
+    )

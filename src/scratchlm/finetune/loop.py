@@ -17,22 +17,22 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-from safetensors.torch import save_file
 from tqdm import tqdm
 
+from scratchlm import runs
 from scratchlm.config import FinetuneSettings
+from scratchlm.device import autocast_for
 from scratchlm.errors import StageError
-from scratchlm.io import atomic_dir
 from scratchlm.model.lora import apply_lora, lora_layers, merge_and_unwrap
-from scratchlm.train.checkpoint import save_checkpoint, weights_for_saving
-from scratchlm.train.loop import autocast_for
+from scratchlm.train.schedule import lr_multiplier
+
+# Fine-tuning decays to a tenth of its peak rate (finetune.warmup_steps says so).
+MIN_LR_RATIO = 0.1
 
 
 def lr_at(step: int, total: int, s: FinetuneSettings) -> float:
-    if step < s.warmup_steps:
-        return s.lr * (step + 1) / s.warmup_steps
-    progress = min((step - s.warmup_steps) / max(1, total - s.warmup_steps), 1.0)
-    return s.lr * (0.1 + 0.45 * (1.0 + math.cos(math.pi * progress)))
+    """Linear warmup, then cosine decay to MIN_LR_RATIO of finetune.lr (train/schedule.py)."""
+    return s.lr * lr_multiplier(step, total, s.warmup_steps, MIN_LR_RATIO)
 
 
 def total_steps(s: FinetuneSettings, examples: int) -> int:
@@ -140,19 +140,5 @@ def save_tuned(
     else trained, with a pointer to the base weights they modify."""
     if not lora_layers(model) or s.merge:
         merge_and_unwrap(model)
-        return save_checkpoint(run_dir, step, model, None, meta)
-    tensors = {}
-    for name, layer in lora_layers(model).items():
-        tensors[f"{name}.lora_a"] = layer.lora_a.detach().cpu().contiguous()
-        tensors[f"{name}.lora_b"] = layer.lora_b.detach().cpu().contiguous()
-    trained = {n for n, p in model.named_parameters() if p.requires_grad and ".lora_" not in n}
-    for name, tensor in weights_for_saving(model).items():
-        if name in trained:
-            tensors[name] = tensor
-    lora_config = json.dumps(model.lora_config)
-    path = run_dir / "checkpoints" / f"step_{step:06d}"
-    with atomic_dir(path) as tmp:
-        save_file(tensors, str(tmp / "adapter.safetensors"), metadata={"lora_config": lora_config})
-        base = source | {"prefix": base_prefix}
-        (tmp / "meta.json").write_text(json.dumps({"step": step, "base": base, **meta}, indent=2))
-    return path
+        return runs.save_checkpoint(run_dir, step, model, meta)
+    return runs.save_adapter(run_dir, step, model, meta, source, base_prefix)

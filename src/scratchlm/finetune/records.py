@@ -21,6 +21,8 @@ from typing import Any
 
 from scratchlm.config import FinetuneSettings
 from scratchlm.errors import StageError
+from scratchlm.finetune.builtin import builtin_records
+from scratchlm.tokenizer.chat import check_messages
 
 
 class RecordError(ValueError):
@@ -67,8 +69,6 @@ def _csv_records(path: Path) -> Iterator[tuple[int, Any]]:
 def load(spec: str, convert: Callable[[Any], Any], what: str) -> Loaded:
     """Read `spec` (a path or builtin:NAME) and convert each record; `what` names the setting."""
     if spec.startswith("builtin:"):
-        from scratchlm.finetune.builtin import builtin_records
-
         records: Iterator[tuple[int, Any]] = enumerate(builtin_records(spec), 1)
     else:
         path = Path(spec)
@@ -117,8 +117,6 @@ def _text(record: dict[str, Any], key: str, required: bool = True) -> str:
 
 def to_messages(record: dict[str, Any]) -> list[dict[str, str]]:
     """An SFT record as a conversation: chat `messages`, or Alpaca instruction/input/output."""
-    from scratchlm.tokenizer.chat import check_messages
-
     if "messages" in record:
         try:
             messages = check_messages(record["messages"] or [])
@@ -150,8 +148,6 @@ def to_labelled(text_field: str, label_field: str) -> Callable[[dict[str, Any]],
 
 def to_preference(record: dict[str, Any]) -> tuple[list[dict[str, str]], str, str]:
     """(prompt messages, chosen reply, rejected reply)."""
-    from scratchlm.tokenizer.chat import check_messages
-
     prompt = record.get("prompt")
     if isinstance(prompt, str):
         messages = [{"role": "user", "content": prompt}]

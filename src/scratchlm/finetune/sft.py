@@ -24,6 +24,8 @@ from scratchlm.errors import StageError
 from scratchlm.finetune import records
 from scratchlm.finetune.base import Base, save_chat_run, vocab_params, with_chat_tokens
 from scratchlm.finetune.loop import EpochBatches, fit, total_steps, use_lora
+from scratchlm.finetune.summaries import SFTSummary
+from scratchlm.infer.generate import sample
 from scratchlm.tokenizer.chat import ChatTemplate
 
 
@@ -129,8 +131,6 @@ def reply(
     max_new_tokens: int,
 ) -> str:
     """The model's greedy answer to a conversation, up to its <|end|>."""
-    from scratchlm.infer.generate import sample
-
     ids, _ = template.render(tokenizer, messages, add_generation_prompt=True)
     room = model.cfg.block_size - len(ids)
     if room <= 0:
@@ -168,7 +168,7 @@ def answers(evals: list[dict[str, Any]]) -> list[dict[str, str]]:
 
 def run(
     s: FinetuneSettings, base: Base, out: Path, device: torch.device, progress: bool
-) -> dict[str, Any]:
+) -> SFTSummary:
     """SFT: conversations -> examples (cut to the context, counted) -> packed or padded rows;
     validation loss and answers to fixed prompts at every evaluation."""
     tok, added = with_chat_tokens(base)
@@ -232,18 +232,18 @@ def run(
     )
     final = evals[-1].get("val_loss")
     save_chat_run(out, model, tok, template, s, steps, {"task": "sft", "val_loss": final}, base)
-    return {
-        "task": "sft",
-        "base": base.source,
-        "steps": steps,
-        "examples": {"train": len(train_ex), "val": len(val_ex)},
-        "rows": {"train": len(rows), "val": len(val_rows)},
-        "truncated": {"train": cut, "val": val_cut},
-        "dropped_prompt_too_long": {"train": dropped, "val": val_dropped},
-        "skipped_records": records.skipped_summary(skipped),
-        "added_tokens": added,
-        "lora": s.lora_rank > 0,
-        "initial_val_loss": evals[0].get("val_loss"),
-        "final_val_loss": final,
-        "answers": answers(evals),
-    }
+    return SFTSummary(
+        task="sft",
+        base=base.source,
+        steps=steps,
+        examples={"train": len(train_ex), "val": len(val_ex)},
+        rows={"train": len(rows), "val": len(val_rows)},
+        truncated={"train": cut, "val": val_cut},
+        dropped_prompt_too_long={"train": dropped, "val": val_dropped},
+        skipped_records=records.skipped_summary(skipped),
+        added_tokens=added,
+        lora=s.lora_rank > 0,
+        initial_val_loss=evals[0].get("val_loss"),
+        final_val_loss=final,
+        answers=answers(evals),
+    )

@@ -10,10 +10,8 @@ minus the room kept for the reply, the oldest turns are dropped (and the user is
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, TextIO
 
 from scratchlm.config import GenerateSettings
@@ -22,15 +20,6 @@ from scratchlm.infer.generate import Row, generate_rows, sampling_of
 from scratchlm.tokenizer.chat import ChatTemplate
 
 HELP = "commands: /system TEXT, /reset, /exit"
-
-
-def template_for(folder: str | os.PathLike, tokenizer: Any) -> ChatTemplate | None:
-    """The run's saved template; else the default one when the tokenizer has its tokens."""
-    saved = ChatTemplate.load(Path(folder))
-    if saved is not None:
-        return saved
-    default = ChatTemplate()
-    return default if all(t in tokenizer.special_tokens for t in default.tokens) else None
 
 
 def reply_stop_ids(template: ChatTemplate, tokenizer: Any) -> frozenset[int]:

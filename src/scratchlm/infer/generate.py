@@ -22,13 +22,14 @@ from typing import Any
 
 import torch
 
-from scratchlm.config import GenerateSettings, ModelConfig
+from scratchlm import runs
+from scratchlm.config import GenerateSettings
 from scratchlm.infer.sampling import Sampling, pick
 from scratchlm.infer.text import TextStream
 from scratchlm.model.cache import KVCache
+from scratchlm.model.config import ModelConfig
 from scratchlm.model.gpt import GPT
 from scratchlm.tokenizer.tokenizer import Tokenizer
-from scratchlm.train.checkpoint import load_run
 
 
 @dataclass(eq=False)
@@ -236,11 +237,20 @@ def untrained_model(cfg: ModelConfig, seed: int) -> GPT:
     return GPT(cfg).eval()
 
 
+@dataclass
+class SampleSummary:
+    samples: list[dict[str, str]]  # {"prompt", "untrained", "trained"}
+
+    def headline(self) -> str:
+        return f"{len(self.samples)} samples"
+
+
 def before_after_samples(
     run_dir: Path, s: GenerateSettings, init_seed: int
 ) -> list[dict[str, str]]:
     """For each prompt: what the untrained model writes, and what the trained one writes."""
-    model, tok = load_run(run_dir)
+    loaded = runs.load_model(run_dir)
+    model, tok = loaded.model, loaded.tokenizer
     before = untrained_model(model.cfg, init_seed)
     return [
         {

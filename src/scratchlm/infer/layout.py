@@ -7,14 +7,19 @@ project's machine: 24 GB/s against 13 GB/s; docs/LOG.md). HF GPT-2's Conv1D laye
 use (in, out); its LM head does not.
 
     prepare_for_generation(model)   # in place; the model then serves inference only
+    load_for_generation(path)       # a run or HF folder, loaded (runs.py) and prepared
 
 The results equal nn.Linear's up to float rounding (the sums run in another order).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import torch.nn as nn
+
+from scratchlm import runs
 
 
 class TransposedLinear(nn.Module):
@@ -46,3 +51,10 @@ def prepare_for_generation(model: nn.Module) -> nn.Module:
             if type(child) is nn.Linear:  # exactly Linear: a LoRA layer keeps its own forward
                 setattr(module, name, TransposedLinear(child))
     return model.eval()
+
+
+def load_for_generation(path: str | Path) -> runs.LoadedModel:
+    """A run folder or HF folder's model, laid out for generation, with its tokenizer."""
+    loaded = runs.load_model(path)
+    prepare_for_generation(loaded.model)
+    return loaded

@@ -30,9 +30,11 @@ from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
+from scratchlm import runs
 from scratchlm.infer.chat import reply_stop_ids
 from scratchlm.infer.engine import Engine, Job
 from scratchlm.infer.generate import Row
+from scratchlm.infer.layout import load_for_generation
 from scratchlm.infer.sampling import Sampling
 from scratchlm.tokenizer.chat import ChatTemplate
 
@@ -321,14 +323,9 @@ def serve(path: str, host: str, port: int, options: ServeOptions) -> None:
     """`scratchlm serve`: load the model and run the server until Ctrl-C."""
     import uvicorn
 
-    from scratchlm.infer.chat import template_for
-    from scratchlm.infer.layout import prepare_for_generation
-    from scratchlm.train.checkpoint import load_model
-
-    model, tokenizer = load_model(path)
-    prepare_for_generation(model)
-    template = template_for(path, tokenizer)
-    app = create_app(model, tokenizer, options, template)
+    loaded = load_for_generation(path)
+    template = runs.chat_template(path, loaded.tokenizer)
+    app = create_app(loaded.model, loaded.tokenizer, options, template)
     where = f"http://{host}:{port}"
     print(
         f"serving {options.model_name} on {where} (chat page at {where}/, API at {where}/v1)",

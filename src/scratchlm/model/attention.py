@@ -8,8 +8,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from scratchlm.config import ModelConfig
 from scratchlm.model.cache import KVCache
+from scratchlm.model.config import ModelConfig
 from scratchlm.model.layers import RMSNorm, apply_rope
 
 

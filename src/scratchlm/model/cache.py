@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from scratchlm.config import ModelConfig
+from scratchlm.model.config import ModelConfig
 
 
 class KVCache:

@@ -16,9 +16,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from scratchlm.config import ModelConfig
 from scratchlm.model.attention import CausalSelfAttention
 from scratchlm.model.cache import KVCache
+from scratchlm.model.config import ModelConfig
 from scratchlm.model.layers import MLP, make_norm, rope_tables
 
 

@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from scratchlm.config import ModelConfig
+from scratchlm.model.config import ModelConfig
 
 
 class RMSNorm(nn.Module):

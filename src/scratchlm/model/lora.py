@@ -2,7 +2,8 @@
 
     apply_lora(model, ["attn.qkv", "attn.proj"], rank=8, alpha=16)   wrap those linears, freeze the rest
     merge_lora(model) / unmerge_lora(model)                          fold B A into W and back
-    save_lora(model, path) / load_lora(model, path)                  the adapters alone, as safetensors
+    save_lora(model, path) / load_lora(model, path)                  the adapters, as safetensors
+    merge_into(base_state, *read_lora(path))                         the full weights they stand for
 
 B starts at zero, so a freshly wrapped model computes exactly what it did before.
 """
@@ -12,10 +13,11 @@ from __future__ import annotations
 import json
 import math
 import os
+from typing import Any
 
 import torch
 import torch.nn as nn
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 DEFAULT_TARGETS = ("attn.qkv", "attn.proj")
 
@@ -115,23 +117,51 @@ def merge_and_unwrap(model: nn.Module) -> None:
         setattr(model.get_submodule(parent_name), child, layer.base)
 
 
-def save_lora(model: nn.Module, path: str | os.PathLike) -> None:
+def save_lora(
+    model: nn.Module, path: str | os.PathLike, also: dict[str, torch.Tensor] | None = None
+) -> None:
+    """Write the adapters (and `also`: tensors trained in full beside them, such as a new head
+    or the rows of added tokens) as one safetensors file, the LoRA settings in its metadata."""
     tensors = {}
     for name, layer in lora_layers(model).items():
         tensors[f"{name}.lora_a"] = layer.lora_a.detach().cpu().contiguous()
         tensors[f"{name}.lora_b"] = layer.lora_b.detach().cpu().contiguous()
+    tensors |= also or {}
     save_file(tensors, str(path), metadata={"lora_config": json.dumps(model.lora_config)})
 
 
-def load_lora(model: nn.Module, path: str | os.PathLike) -> None:
-    """Wrap `model` as the saved adapters were, then load their weights."""
+def read_lora(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """(LoRA settings, tensors) of an adapter file, in one read."""
     from safetensors import safe_open
 
     with safe_open(str(path), "pt") as f:
         config = json.loads(f.metadata()["lora_config"])
+        tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118 (not a dict)
+    return config, tensors
+
+
+def merge_into(
+    state: dict[str, torch.Tensor], config: dict[str, Any], tensors: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """Base weights + (alpha / rank) B @ A for every adapted layer; tensors trained in full
+    replace the base's. The full weights a LoRA fine-tune stands for."""
+    state = dict(state)
+    scale = config["alpha"] / config["rank"]
+    for name, tensor in tensors.items():
+        if name.endswith(".lora_a"):
+            layer = name.removesuffix(".lora_a")
+            b = tensors[f"{layer}.lora_b"]
+            state[f"{layer}.weight"] = state[f"{layer}.weight"] + scale * (b @ tensor)
+        elif not name.endswith(".lora_b"):
+            state[name] = tensor
+    return state
+
+
+def load_lora(model: nn.Module, path: str | os.PathLike) -> None:
+    """Wrap `model` as the saved adapters were, then load their weights."""
+    config, tensors = read_lora(path)
     if not lora_layers(model):
         apply_lora(model, config["targets"], config["rank"], config["alpha"], config["dropout"])
-    tensors = load_file(str(path))
     for name, layer in lora_layers(model).items():
         with torch.no_grad():
             layer.lora_a.copy_(tensors[f"{name}.lora_a"])

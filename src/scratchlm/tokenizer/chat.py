@@ -23,6 +23,7 @@ from typing import Any
 
 from scratchlm.errors import StageError
 from scratchlm.io import atomic_write_json
+from scratchlm.tokenizer.tokenizer import BPETokenizer, CharTokenizer
 
 ROLES = ("system", "user", "assistant")
 FILENAME = "chat_template.json"
@@ -113,8 +114,6 @@ def check_messages(messages: Iterable[Any]) -> list[dict[str, str]]:
 def add_chat_tokens(tokenizer: Any, template: ChatTemplate | None = None) -> tuple[Any, list[str]]:
     """The tokenizer with the template's special tokens added after its vocabulary when missing
     (an imported GPT-2 tokenizer has none), and the names that were added."""
-    from scratchlm.tokenizer.tokenizer import CharTokenizer, Tokenizer
-
     template = template or ChatTemplate()
     missing = [t for t in template.tokens if t not in tokenizer.special_tokens]
     if not missing:
@@ -124,4 +123,4 @@ def add_chat_tokens(tokenizer: Any, template: ChatTemplate | None = None) -> tup
         return CharTokenizer(tokenizer.chars, specials + missing), missing
     first = tokenizer.vocab_size
     specials = tokenizer.special_tokens | {t: first + i for i, t in enumerate(missing)}
-    return Tokenizer(tokenizer.vocab, tokenizer.pattern, specials, tokenizer.merges), missing
+    return BPETokenizer(tokenizer.vocab, tokenizer.pattern, specials, tokenizer.merges), missing

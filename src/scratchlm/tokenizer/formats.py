@@ -23,7 +23,7 @@ from typing import Any
 from scratchlm.errors import StageError
 from scratchlm.io import atomic_write_json, atomic_write_text
 from scratchlm.tokenizer.bpe import PATTERNS, encode_chunk
-from scratchlm.tokenizer.tokenizer import ENDOFTEXT, Tokenizer
+from scratchlm.tokenizer.tokenizer import ENDOFTEXT, BPETokenizer
 
 
 @cache
@@ -58,7 +58,7 @@ def _to_bytes(text: str) -> bytes:
         raise ValueError(f"{text!r} is not a byte-level token (character {e.args[0]!r})") from None
 
 
-def hf_merges(tok: Tokenizer) -> list[tuple[bytes, bytes]]:
+def hf_merges(tok: BPETokenizer) -> list[tuple[bytes, bytes]]:
     """Our ranks as a pair-rank merge list (in rank order), for HF and GPT-2 files."""
     merges = []
     for rank, token in sorted(tok.vocab.items()):
@@ -81,7 +81,7 @@ def hf_merges(tok: Tokenizer) -> list[tuple[bytes, bytes]]:
 # --------------------------------------------------------------------------- export
 
 
-def hf_tokenizer_json(tok: Tokenizer) -> dict[str, Any]:
+def hf_tokenizer_json(tok: BPETokenizer) -> dict[str, Any]:
     """The HF `tokenizers` document for `tok`: Split(our regex) + ByteLevel, BPE, specials."""
     added = [
         {
@@ -141,7 +141,7 @@ def hf_tokenizer_json(tok: Tokenizer) -> dict[str, Any]:
 
 
 def export_tokenizer(
-    tok: Tokenizer,
+    tok: BPETokenizer,
     out_dir: str | os.PathLike,
     model_max_length: int | None = None,
     chat_template: str | None = None,
@@ -197,8 +197,8 @@ def from_vocab_and_merges(
     merges: list[tuple[str, str]],
     pattern: str,
     specials: dict[str, int] | None = None,
-) -> Tokenizer:
-    """A byte-level BPE vocabulary (GPT-2 / HF spelling) as our Tokenizer, checked for exactness.
+) -> BPETokenizer:
+    """A byte-level BPE vocabulary (GPT-2 / HF spelling) as our BPETokenizer, checked for exactness.
 
     Our encoder (tiktoken's rule) ranks merged bytes by token id, HF ranks pairs by their line
     in merges.txt; the two agree when merge i's token has a larger id than merge i-1's. GPT-2's
@@ -231,7 +231,7 @@ def from_vocab_and_merges(
         raise StageError(
             f"{len(missing)} of the 256 single-byte tokens are missing: not byte-level BPE"
         )
-    return Tokenizer(by_id, pattern, specials)
+    return BPETokenizer(by_id, pattern, specials)
 
 
 def _pattern_of(pre_tokenizer: dict[str, Any] | None) -> str:
@@ -249,7 +249,7 @@ def _pattern_of(pre_tokenizer: dict[str, Any] | None) -> str:
     )
 
 
-def import_tokenizer(src: str | os.PathLike, pattern: str | None = None) -> Tokenizer:
+def import_tokenizer(src: str | os.PathLike, pattern: str | None = None) -> BPETokenizer:
     """Read an HF tokenizer.json, a folder holding one (or vocab.json + merges.txt), or a
     .tiktoken file (with `pattern`, default gpt4)."""
     path = Path(src)
@@ -277,7 +277,7 @@ def import_tokenizer(src: str | os.PathLike, pattern: str | None = None) -> Toke
     if doc.get("format") == "scratchlm-bpe":
         if doc.get("kind") == "char":
             raise StageError(f"{path}: a character-level tokenizer is not byte-level BPE")
-        return Tokenizer.from_dict(doc)
+        return BPETokenizer.from_dict(doc)
     model = doc.get("model", {})
     if model.get("type") != "BPE":
         raise StageError(
@@ -309,7 +309,7 @@ def _check_pipeline(doc: dict[str, Any], path: Path) -> None:
 
 def import_gpt2(
     vocab_json: str | os.PathLike, merges_txt: str | os.PathLike, pattern: str = "gpt2"
-) -> Tokenizer:
+) -> BPETokenizer:
     """GPT-2's own files (or any in their format): vocab.json + merges.txt."""
     vocab = json.loads(Path(vocab_json).read_text(encoding="utf-8"))
     lines = Path(merges_txt).read_text(encoding="utf-8").splitlines()
@@ -319,7 +319,7 @@ def import_gpt2(
 
 def import_tiktoken(
     path: str | os.PathLike, pattern: str = "gpt4", specials: list[str] | None = None
-) -> Tokenizer:
+) -> BPETokenizer:
     """A .tiktoken file: ranks only; the split pattern and special tokens come from the caller."""
     vocab: dict[int, bytes] = {}
     for lineno, line in enumerate(Path(path).read_text().splitlines(), start=1):
@@ -330,4 +330,4 @@ def import_tiktoken(
             vocab[int(rank)] = base64.b64decode(token)
         except ValueError:
             raise StageError(f"{path}:{lineno}: expected 'BASE64 RANK'") from None
-    return Tokenizer(vocab, pattern, specials if specials is not None else [ENDOFTEXT])
+    return BPETokenizer(vocab, pattern, specials if specials is not None else [ENDOFTEXT])

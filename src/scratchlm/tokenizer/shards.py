@@ -1,4 +1,5 @@
-"""The `tokenize` stage: encode a corpus into flat token files, split by document.
+"""Token shards: the `tokenize` stage writes them (a corpus encoded into flat token files, split
+by document), and `TokenStream` reads them back for training and evaluation.
 
 Output folder:
     train_000.bin, val_000.bin ...   token ids, uint16 when the vocab fits, else uint32;
@@ -8,11 +9,13 @@ Output folder:
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 import os
 import time
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -20,9 +23,9 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from scratchlm.config import TokenizeSettings
 from scratchlm.errors import StageError
 from scratchlm.io import atomic_write_json
+from scratchlm.tokenizer.settings import TokenizeSettings
 from scratchlm.tokenizer.tokenizer import Tokenizer
 
 
@@ -186,3 +189,43 @@ def load_meta(tokens_dir: Path) -> dict[str, Any]:
     if not path.is_file():
         raise StageError(f"{tokens_dir} has no meta.json: run `scratchlm tokenize` first")
     return json.loads(path.read_text())
+
+
+@dataclass
+class TokenizeSummary:
+    tokens: dict[str, int]  # per split
+    documents: dict[str, int]
+    tokens_per_second: float
+
+    def headline(self) -> str:
+        return f"{self.tokens['train']:,} train / {self.tokens['val']:,} val tokens"
+
+    @classmethod
+    def from_meta(cls, meta: dict[str, Any]) -> TokenizeSummary:
+        return cls(meta["tokens"], meta["documents"], meta["tokens_per_second"])
+
+
+# --------------------------------------------------------------------------- reading
+
+
+class TokenStream:
+    """The tokens of several shard files as one read-only array (memory-mapped, never loaded)."""
+
+    def __init__(self, tokens_dir: Path, files: list[str], dtype: str):
+        self.arrays = [np.memmap(tokens_dir / f, dtype=np.dtype(dtype), mode="r") for f in files]
+        self.starts = np.cumsum([0] + [len(a) for a in self.arrays]).tolist()
+
+    def __len__(self) -> int:
+        return self.starts[-1]
+
+    def read(self, start: int, length: int) -> np.ndarray:
+        out, pos = [], start
+        while pos < start + length:
+            i = bisect.bisect_right(self.starts, pos) - 1
+            a = self.arrays[i]
+            take = min(start + length - pos, len(a) - (pos - self.starts[i]))
+            out.append(
+                np.asarray(a[pos - self.starts[i] : pos - self.starts[i] + take], dtype=np.int64)
+            )
+            pos += take
+        return np.concatenate(out)

@@ -1,4 +1,5 @@
-"""The Tokenizer: byte-level BPE ranks and a split pattern, encoded at native speed by tiktoken.
+"""Tokenizers: byte-level BPE (ranks and a split pattern, encoded at native speed by tiktoken),
+one token per character, and the `Tokenizer` interface both of them offer.
 
 tiktoken is a BPE *encoder* for a given table of ranks; it cannot train. We train the merges
 ourselves (bpe.py) and hand the ranks to `tiktoken.Encoding`, whose rule (merge the pair whose
@@ -19,15 +20,15 @@ import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import regex
 import tiktoken
 
-from scratchlm.config import SPECIAL_TOKENS
 from scratchlm.errors import StageError
 from scratchlm.io import atomic_write_json, json_sha256
 from scratchlm.tokenizer.bpe import TIE_RULE, encode_reference, merges_to_vocab, resolve_pattern
+from scratchlm.tokenizer.settings import SPECIAL_TOKENS
 
 FORMAT, VERSION = "scratchlm-bpe", 1
 ENDOFTEXT = SPECIAL_TOKENS[0]
@@ -50,7 +51,33 @@ def _encode_with_specials(
     return ids
 
 
-class Tokenizer:
+@runtime_checkable
+class Tokenizer(Protocol):
+    """What every stage needs of a tokenizer; `BPETokenizer` and `CharTokenizer` both are one."""
+
+    kind: str  # "bpe" or "char"
+    special_tokens: dict[str, int]
+
+    @property
+    def vocab_size(self) -> int: ...
+
+    @property
+    def eot_id(self) -> int: ...
+
+    def encode(self, text: str, allow_special: bool = False) -> list[int]: ...
+
+    def encode_batch(self, texts: list[str], threads: int = 0) -> list[list[int]]: ...
+
+    def decode(self, ids: Iterable[int]) -> str: ...
+
+    def to_dict(self) -> dict[str, Any]: ...
+
+    def fingerprint(self) -> str: ...
+
+    def save(self, path: str | os.PathLike) -> None: ...
+
+
+class BPETokenizer:
     """Byte-level BPE. `vocab[i]` is token i's bytes; special tokens take ids of their own."""
 
     kind = "bpe"
@@ -88,7 +115,7 @@ class Tokenizer:
         merges: Sequence[tuple[int, int]],
         pattern: str,
         special_tokens: Iterable[str] = (ENDOFTEXT,),
-    ) -> Tokenizer:
+    ) -> BPETokenizer:
         return cls(merges_to_vocab(merges), pattern, list(special_tokens), merges=merges)
 
     @property
@@ -145,7 +172,7 @@ class Tokenizer:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Tokenizer:
+    def from_dict(cls, data: dict[str, Any]) -> BPETokenizer:
         if "merges" in data:
             merges = [tuple(m) for m in data["merges"]]
             return cls(
@@ -217,7 +244,7 @@ class CharTokenizer:
         atomic_write_json(path, self.to_dict())
 
 
-def load_tokenizer(path: str | os.PathLike) -> Tokenizer | CharTokenizer:
+def load_tokenizer(path: str | os.PathLike) -> BPETokenizer | CharTokenizer:
     """Read our tokenizer.json (BPE or char-level), with a clear error for anything else."""
     path = Path(path)
     try:
@@ -242,4 +269,4 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer | CharTokenizer:
     if data.get("kind") == "char":
         specials = sorted(data["special_tokens"].items(), key=lambda kv: kv[1])
         return CharTokenizer(data["chars"], [s for s, _ in specials])
-    return Tokenizer.from_dict(data)
+    return BPETokenizer.from_dict(data)

@@ -5,13 +5,13 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from scratchlm.config import TokenizerSettings
 from scratchlm.errors import StageError
 from scratchlm.tokenizer.bpe import count_pretokens, train_bpe
-from scratchlm.tokenizer.tokenizer import CharTokenizer, Tokenizer
+from scratchlm.tokenizer.settings import TokenizerSettings
+from scratchlm.tokenizer.tokenizer import BPETokenizer, CharTokenizer
 
 
 def _take_chars(texts: Iterable[str], limit: int) -> Iterator[str]:
@@ -26,7 +26,7 @@ def _take_chars(texts: Iterable[str], limit: int) -> Iterator[str]:
 
 def train_tokenizer(
     texts: Iterable[str], settings: TokenizerSettings, progress: bool = True
-) -> Tokenizer | CharTokenizer:
+) -> BPETokenizer | CharTokenizer:
     """Train a tokenizer: BPE of `settings.vocab_size` tokens (bytes + merges + specials),
     or a character-level vocabulary of every character seen."""
     if settings.kind == "char":  # every character of the corpus, or tokenizing it would fail
@@ -48,19 +48,32 @@ def train_tokenizer(
     if not counts:
         raise StageError("tokenizer: the training text is empty")
     merges = train_bpe(counts, num_merges, progress=progress)
-    return Tokenizer.from_merges(merges, settings.pattern, settings.special_tokens)
+    return BPETokenizer.from_merges(merges, settings.pattern, settings.special_tokens)
+
+
+@dataclass
+class TokenizerSummary:
+    kind: str
+    vocab_size: int
+    merges: int
+    fingerprint: str
+    seconds: float
+
+    def headline(self) -> str:
+        return f"{self.kind} vocab {self.vocab_size:,} ({self.merges:,} merges)"
 
 
 def train_tokenizer_stage(
     texts: Iterable[str], settings: TokenizerSettings, out_dir: Path, progress: bool = True
-) -> dict[str, Any]:
+) -> TokenizerSummary:
+    """Train on `texts` and write out_dir/tokenizer.json."""
     start = time.time()
     tok = train_tokenizer(texts, settings, progress)
     tok.save(out_dir / "tokenizer.json")
-    return {
-        "kind": tok.kind,
-        "vocab_size": tok.vocab_size,
-        "merges": len(tok.merges) if isinstance(tok, Tokenizer) and tok.merges else 0,
-        "fingerprint": tok.fingerprint(),
-        "seconds": round(time.time() - start, 2),
-    }
+    return TokenizerSummary(
+        kind=tok.kind,
+        vocab_size=tok.vocab_size,
+        merges=len(tok.merges) if isinstance(tok, BPETokenizer) and tok.merges else 0,
+        fingerprint=tok.fingerprint(),
+        seconds=round(time.time() - start, 2),
+    )

@@ -10,36 +10,13 @@ is (epoch, position): saving and restoring it resumes the exact same sequence of
 
 from __future__ import annotations
 
-import bisect
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from scratchlm.errors import StageError
-
-
-class TokenStream:
-    """The tokens of several shard files as one read-only array (memory-mapped, never loaded)."""
-
-    def __init__(self, tokens_dir: Path, files: list[str], dtype: str):
-        self.arrays = [np.memmap(tokens_dir / f, dtype=np.dtype(dtype), mode="r") for f in files]
-        self.starts = np.cumsum([0] + [len(a) for a in self.arrays]).tolist()
-
-    def __len__(self) -> int:
-        return self.starts[-1]
-
-    def read(self, start: int, length: int) -> np.ndarray:
-        out, pos = [], start
-        while pos < start + length:
-            i = bisect.bisect_right(self.starts, pos) - 1
-            a = self.arrays[i]
-            take = min(start + length - pos, len(a) - (pos - self.starts[i]))
-            out.append(
-                np.asarray(a[pos - self.starts[i] : pos - self.starts[i] + take], dtype=np.int64)
-            )
-            pos += take
-        return np.concatenate(out)
+from scratchlm.tokenizer.shards import TokenStream
 
 
 class TokenData:

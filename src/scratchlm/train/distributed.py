@@ -1,6 +1,7 @@
 """Training on several processes: torchrun's environment, the device mesh, and
-`parallelize(model, dist, settings)`, which applies DDP, FSDP2 or tensor parallelism to a
-model written for one device (the torchtitan split: model/ never imports torch.distributed).
+`parallelize(model, dist, settings)`, which applies DDP, FSDP2, tensor parallelism and
+activation checkpointing to a model written for one device (the torchtitan split: model/
+never imports torch.distributed).
 
     ddp      every rank holds the whole model; gradients are averaged by all-reduce
     fsdp     every rank holds 1/N of each parameter, gradient and optimizer state (FSDP2)
@@ -16,10 +17,12 @@ import contextlib
 import os
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import partial
 from typing import Any
 
 import torch
 import torch.nn as nn
+from torch.utils.checkpoint import checkpoint
 
 from scratchlm.config import ModelConfig, ParallelSettings, PretrainSettings
 from scratchlm.errors import SettingsError
@@ -264,17 +267,32 @@ def apply_fsdp(model: nn.Module, mesh: Any, p: ParallelSettings, device: torch.d
     fully_shard(model, **kwargs)
 
 
-def parallelize(model: nn.Module, d: Dist, p: ParallelSettings, device: torch.device) -> nn.Module:
-    """Apply the strategy; return what to call for forward (the DDP wrapper, or the model
-    itself, changed in place, for fsdp and tp)."""
+def apply_activation_checkpointing(model: nn.Module) -> None:
+    """Recompute each block's activations during backward instead of storing them."""
+    for block in model.blocks:
+        block.forward = partial(checkpoint, type(block).forward, block, use_reentrant=False)
+
+
+def parallelize(
+    model: nn.Module,
+    d: Dist,
+    p: ParallelSettings,
+    device: torch.device,
+    activation_checkpointing: bool = False,
+) -> nn.Module:
+    """Apply the strategy (and activation checkpointing, on one process too) in torchtitan's
+    order: tensor parallel, then checkpointing, then FSDP or DDP. Returns what to call for
+    forward: the DDP wrapper, or the model itself, changed in place."""
+    if d.enabled and d.strategy in ("tp", "fsdp+tp"):
+        apply_tp(model, d.mesh["tp"])
+    if activation_checkpointing:
+        apply_activation_checkpointing(model)
     if not d.enabled:
         return model
     if d.strategy == "ddp":
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         return DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
-    if d.strategy in ("tp", "fsdp+tp"):
-        apply_tp(model, d.mesh["tp"])
     if d.strategy in ("fsdp", "fsdp+tp"):
         apply_fsdp(model, d.mesh["dp"], p, device)
     return model

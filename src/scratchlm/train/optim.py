@@ -4,18 +4,17 @@
 - Muon (Keller Jordan, as modded-nanogpt and nanochat use it) for the hidden weight matrices:
   momentum, then the update orthogonalised by a Newton-Schulz iteration, so every direction of
   the matrix moves by a similar amount. Embeddings, the LM head and 1-D parameters stay on AdamW.
-- Schedules return a multiplier of each group's peak rate: warmup + cosine, or
-  warmup-stable-decay (constant, then a linear decay over the last `decay_fraction`).
+- The schedule (schedule.py) is a multiplier of each group's peak rate.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 
 from scratchlm.config import PretrainSettings
+from scratchlm.train.schedule import lr_multiplier
 
 
 def zeropower_newton_schulz(g: torch.Tensor, steps: int = 5) -> torch.Tensor:
@@ -141,17 +140,10 @@ def make_optimizer(model: torch.nn.Module, s: PretrainSettings, device: torch.de
 
 
 def lr_scale(step: int, s: PretrainSettings) -> float:
-    """The schedule's multiplier of the peak learning rate at `step` (0-based)."""
-    if step < s.warmup_steps:
-        return (step + 1) / s.warmup_steps
-    if s.schedule == "wsd":
-        decay_start = s.max_steps - int(s.decay_fraction * s.max_steps)
-        if step < decay_start:
-            return 1.0
-        progress = (step - decay_start) / max(1, s.max_steps - decay_start)
-        return 1.0 - (1.0 - s.min_lr_ratio) * min(progress, 1.0)
-    progress = min((step - s.warmup_steps) / max(1, s.max_steps - s.warmup_steps), 1.0)
-    return s.min_lr_ratio + 0.5 * (1.0 + math.cos(math.pi * progress)) * (1.0 - s.min_lr_ratio)
+    """The pretraining schedule's multiplier of the peak learning rate at `step` (0-based)."""
+    return lr_multiplier(
+        step, s.max_steps, s.warmup_steps, s.min_lr_ratio, s.schedule, s.decay_fraction
+    )
 
 
 def lr_at(step: int, s: PretrainSettings) -> float:

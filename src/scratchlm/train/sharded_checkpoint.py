@@ -15,15 +15,14 @@ A single-process checkpoint (no sharded/) resumes on N processes through the ful
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn as nn
-from safetensors.torch import save_file
 
+from scratchlm import runs
 from scratchlm.errors import StageError
 from scratchlm.io import publish_dir
 from scratchlm.train.distributed import Dist, barrier, fuse_qkv
@@ -65,7 +64,7 @@ def save_sharded(
         get_state_dict,
     )
 
-    path = run_dir / "checkpoints" / f"step_{step:06d}"
+    path = runs.checkpoint_path(run_dir, step)
     tmp = path.with_name(f".{path.name}.tmp")
     if d.main:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -81,9 +80,7 @@ def save_sharded(
         full = fuse_qkv(full)
         if model.cfg.tie_embeddings:  # stored once, as single-process checkpoints do
             full.pop("lm_head.weight", None)
-        save_file({k: v.contiguous() for k, v in full.items()}, str(tmp / "model.safetensors"))
-        torch.save(state, tmp / "state.pt")
-        (tmp / "meta.json").write_text(json.dumps({"step": step, **meta}, indent=2))
+        runs.write_checkpoint_files(tmp, step, full, meta, state)
         publish_dir(tmp, path)  # fsynced, and the old folder kept until the new one is in place
     barrier(d)
     return path
@@ -96,7 +93,7 @@ def load_sharded(
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
-    saved = json.loads((ckpt / "meta.json").read_text()).get("parallel", {}).get("strategy")
+    saved = runs.read_meta(ckpt).get("parallel", {}).get("strategy")
     split = {"tp", "fsdp+tp"}
     if (saved in split) != (strategy in split):
         raise StageError(

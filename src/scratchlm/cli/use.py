@@ -1,0 +1,120 @@
+"""Using a model: `scratchlm generate`, `scratchlm chat` and `scratchlm serve`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any
+
+from scratchlm import runs
+from scratchlm.cli.common import FORMATTER, add_set, generate_settings, settings_help
+from scratchlm.errors import SettingsError, StageError
+from scratchlm.infer.batch import generate_file, read_prompts
+from scratchlm.infer.chat import Chat, run_chat
+from scratchlm.infer.generate import stream_text
+from scratchlm.infer.layout import load_for_generation
+from scratchlm.infer.server import API_KEY_ENV, ServeOptions, serve
+
+
+def add_parsers(sub: Any) -> None:
+    desc = "Sample text from a run folder or an HF model folder"
+    p = sub.add_parser(
+        "generate",
+        help=desc,
+        description=desc,
+        epilog=settings_help(("generate",)),
+        formatter_class=FORMATTER,
+    )
+    p.add_argument("run", help="a run folder (e.g. work/demo/runs/demo) or an HF model folder")
+    p.add_argument(
+        "--prompt",
+        action="append",
+        help="prompt text (repeatable; default: the run's generate.prompts)",
+    )
+    p.add_argument(
+        "--input",
+        metavar="FILE",
+        help='one prompt a line (or a JSON object with "prompt"); writes JSONL, one line a prompt',
+    )
+    p.add_argument(
+        "--output", metavar="FILE", help="with --input: write the JSONL here, not stdout"
+    )
+    p.add_argument(
+        "--batch-size", type=int, default=8, help="with --input: prompts generated together"
+    )
+    add_set(p, "generate.temperature=0.5")
+    p.set_defaults(handler=cmd_generate)
+
+    desc = "Chat with a model in the terminal (/system TEXT, /reset, /exit)"
+    p = sub.add_parser(
+        "chat",
+        help=desc,
+        description=desc,
+        epilog=settings_help(("generate",)),
+        formatter_class=FORMATTER,
+    )
+    p.add_argument("run", help="a run folder or an HF model folder")
+    p.add_argument("--system", metavar="TEXT", help="a system message to start with")
+    add_set(p, "generate.temperature=0.5")
+    p.set_defaults(handler=cmd_chat)
+
+    desc = "Serve a model: OpenAI-compatible API (/v1/completions, /v1/chat/completions) and a chat page"
+    p = sub.add_parser("serve", help=desc, description=desc)
+    p.add_argument("run", help="a run folder or an HF model folder")
+    p.add_argument(
+        "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)"
+    )
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument(
+        "--api-key", help="require this Bearer token (default: $SCRATCHLM_API_KEY if set)"
+    )
+    p.add_argument(
+        "--max-tokens", type=int, default=512, help="the largest max_tokens a request may ask for"
+    )
+    p.add_argument("--max-batch", type=int, default=8, help="requests generated together")
+    p.add_argument("--model-name", help="the model id clients use (default: the folder's name)")
+    p.set_defaults(handler=cmd_serve)
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    settings = generate_settings(args.run, args.overrides, "generate")
+    if args.input:
+        prompts = read_prompts(Path(args.input))
+        loaded = load_for_generation(args.run)
+        generate_file(
+            loaded.model, loaded.tokenizer, prompts, settings, args.output, args.batch_size
+        )
+        return
+    prompts = args.prompt or settings.prompts
+    loaded = load_for_generation(args.run)
+    for prompt in prompts:
+        print(prompt, end="", flush=True)
+        for piece in stream_text(loaded.model, loaded.tokenizer, prompt, settings):
+            print(piece, end="", flush=True)
+        print()
+        if len(prompts) > 1:
+            print("---")
+
+
+def cmd_chat(args: argparse.Namespace) -> None:
+    settings = generate_settings(args.run, args.overrides, "chat")
+    loaded = load_for_generation(args.run)
+    template = runs.chat_template(args.run, loaded.tokenizer)
+    if template is None:
+        raise StageError(
+            f"{args.run} has no chat template and its tokenizer has no chat tokens: "
+            "fine-tune it for chat, or use `scratchlm generate`"
+        )
+    run_chat(Chat(loaded.model, loaded.tokenizer, template, settings), system=args.system)
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    folder = runs.require_model_folder(args.run)  # a clear error for a folder holding no model
+    if args.max_tokens < 1 or args.max_batch < 1:
+        raise SettingsError("serve: --max-tokens and --max-batch must be at least 1")
+    name = args.model_name or folder.resolve().name
+    key = args.api_key or os.environ.get(API_KEY_ENV) or None
+    serve(
+        str(folder), args.host, args.port, ServeOptions(name, key, args.max_tokens, args.max_batch)
+    )

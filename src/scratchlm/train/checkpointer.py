@@ -1,0 +1,138 @@
+"""A pretraining run's checkpoints: save, keep the right ones, and restore everything a step
+depends on, so that a run killed at any moment and resumed ends with the same weights.
+
+    save(step, ...)     weights (model.safetensors), optimizer + data position + RNG states +
+                        step (state.pt) and meta.json; on several processes through DCP
+                        (sharded_checkpoint.py), with the whole weights beside the shards
+    prune()             the last `keep_last` checkpoints and the best by validation loss stay
+    restore(...)        weights and optimizer state into the model, whatever its layout
+
+The folder layout belongs to runs.py; this module decides what a training checkpoint holds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from scratchlm import runs
+from scratchlm.errors import StageError
+from scratchlm.model.config import ModelConfig
+from scratchlm.train.distributed import Dist
+from scratchlm.train.optim import Optimizers
+from scratchlm.train.sharded_checkpoint import (
+    full_optimizer_state,
+    is_sharded,
+    load_sharded,
+    save_sharded,
+)
+
+
+def check_resumable(run_dir: Path, cfg: ModelConfig) -> None:
+    """The latest checkpoint must hold the same model and a training state."""
+    ckpt = runs.latest_checkpoint(run_dir)
+    if runs.read_meta(ckpt).get("model") != dataclasses.asdict(cfg):
+        raise StageError(
+            f"{ckpt} was trained with other model settings; resume needs the same model.*"
+        )
+    if not runs.has_training_state(ckpt):
+        raise StageError(
+            f"{ckpt} holds weights only (an imported model?), no training state to resume"
+        )
+
+
+class Checkpointer:
+    def __init__(self, run_dir: Path, dist: Dist, keep_last: int):
+        self.run_dir, self.dist, self.keep_last = run_dir, dist, keep_last
+
+    def exists(self) -> bool:
+        return bool(runs.checkpoints(self.run_dir))
+
+    def latest(self) -> Path:
+        return runs.latest_checkpoint(self.run_dir)
+
+    def describe_latest(self) -> str:
+        """The newest checkpoint's path, or "none yet" (for messages)."""
+        return str(self.latest()) if self.exists() else "none yet"
+
+    # ------------------------------------------------------------------ saving
+
+    def save(
+        self,
+        step: int,
+        model: torch.nn.Module,
+        optimizer: Optimizers,
+        state: dict[str, Any],
+        meta: dict[str, Any],
+    ) -> Path:
+        if self.dist.enabled:
+            meta = meta | {"parallel": {"strategy": self.dist.strategy, "world": self.dist.world}}
+            path = save_sharded(
+                self.dist, self.run_dir, step, model, optimizer.optimizers, state, meta
+            )
+        else:
+            state = state | {"optimizer": optimizer.state_dict()}
+            path = runs.save_checkpoint(self.run_dir, step, model, meta, state)
+        self.prune()
+        return path
+
+    def annotate(self, ckpt: Path, val_loss: float) -> None:
+        """Add the validation loss, measured after saving, to the checkpoint's meta."""
+        if not self.dist.main:
+            return
+        runs.write_meta(ckpt, runs.read_meta(ckpt) | {"val_loss": val_loss})
+        self.prune()
+
+    def prune(self) -> None:
+        """Keep the last `keep_last` checkpoints and the one with the best validation loss."""
+        if not self.dist.main:
+            return
+        ckpts = runs.checkpoints(self.run_dir)
+        best, best_loss = None, math.inf
+        for c in ckpts:
+            loss = runs.read_meta(c).get("val_loss")
+            if loss is not None and loss < best_loss:
+                best, best_loss = c, loss
+        for c in ckpts[: -self.keep_last]:
+            if c != best:
+                shutil.rmtree(c)
+        if best is not None:
+            runs.write_best(self.run_dir, best, best_loss)
+
+    # ------------------------------------------------------------------ restoring
+
+    def restore(self, model: torch.nn.Module, optimizer: Optimizers) -> dict[str, Any]:
+        """Weights and optimizer state of the latest checkpoint into the (parallelized) model;
+        returns the rest of the training state (data position, RNG, step, best loss)."""
+        ckpt = self.latest()
+        state = runs.read_training_state(ckpt)
+        if is_sharded(ckpt):
+            load_sharded(ckpt, model, optimizer.optimizers, self.dist.strategy)
+        elif not self.dist.enabled:  # on several processes: done by full_state_for_ranks
+            runs.load_weights(model, ckpt)
+            optimizer.load_state_dict(state["optimizer"])
+        return state
+
+    def full_state_for_ranks(
+        self, model: torch.nn.Module, make_optimizer: Callable[[], Optimizers]
+    ) -> dict[str, Any] | None:
+        """Resuming a single-process checkpoint on several processes: whole weights into the
+        model before it is split, and the optimizer state in the name-keyed full form (None
+        when the checkpoint is sharded: `restore` loads it)."""
+        ckpt = self.latest()
+        if is_sharded(ckpt):
+            return None
+        if self.dist.strategy in ("tp", "fsdp+tp"):
+            raise StageError(
+                f"{ckpt} is a single-process checkpoint; tp and fsdp+tp resume only their own "
+                "(sharded) checkpoints: resume it with parallel.strategy ddp or fsdp"
+            )
+        runs.load_weights(model, ckpt)
+        saved = runs.read_training_state(ckpt)["optimizer"]
+        return full_optimizer_state(model, make_optimizer().optimizers, saved)
