@@ -20,12 +20,14 @@ from __future__ import annotations
 import glob
 import gzip
 import importlib.util
+import io
 import json
 import zlib
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from pydoc_data.topics import topics
 from typing import Any
 
 from scratchlm.errors import StageError
@@ -73,8 +75,6 @@ def shakespeare_files() -> list[Path]:
 
 
 def _pydoc_documents() -> Iterator[Document]:
-    from pydoc_data.topics import topics
-
     for name in sorted(topics):
         yield Document(
             f"pydoc_data/topics.py#{name}",
@@ -168,8 +168,6 @@ def open_binary(path: Path) -> Any:
     if path.name.endswith(".gz"):
         return gzip.open(path, "rb")
     if path.name.endswith(".zst"):
-        import io
-
         import zstandard
 
         return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(open(path, "rb")))

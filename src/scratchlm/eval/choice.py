@@ -35,6 +35,7 @@ import torch
 
 from scratchlm.errors import StageError
 from scratchlm.eval.perplexity import target_logprobs
+from scratchlm.tokenizer.tokenizer import Tokenizer
 
 
 @dataclass
@@ -206,7 +207,7 @@ def with_examples(items: list[Item], k: int, seed: int) -> list[Item]:
     return out
 
 
-def encode_pair(tok: Any, context: str, continuation: str) -> tuple[list[int], list[int]]:
+def encode_pair(tok: Tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
     """lm-eval's split: context spaces move to the continuation, the whole is encoded at once
     and the continuation is what follows the context's tokens. An empty context is <|endoftext|>."""
     if not context:
@@ -259,7 +260,7 @@ def _argmax(values: list[float]) -> int:
 
 def score_items(
     model: torch.nn.Module,
-    tok: Any,
+    tok: Tokenizer,
     items: list[Item],
     few_shot: int = 0,
     seed: int = 0,

@@ -24,6 +24,7 @@ from scratchlm.eval.perplexity import (
 )
 from scratchlm.eval.stats import wilson
 from scratchlm.eval.tasks import BUILTIN_TASKS
+from scratchlm.tokenizer.tokenizer import Tokenizer
 
 
 def default_heldout(run_dir: Path) -> Path | None:
@@ -65,7 +66,7 @@ def task_items(spec: str, texts: list[str] | None, s: EvalSettings) -> tuple[lis
 
 
 def task_result(
-    model: torch.nn.Module, tok: Any, items: list[Item], s: EvalSettings
+    model: torch.nn.Module, tok: Tokenizer, items: list[Item], s: EvalSettings
 ) -> dict[str, Any]:
     scores = score_items(model, tok, items, s.few_shot, s.seed, s.batch_size)
     n = len(items)
@@ -84,7 +85,7 @@ def task_result(
     }
 
 
-def _encodable(items: list[Item], tok: Any, spec: str) -> tuple[list[Item], int]:
+def _encodable(items: list[Item], tok: Tokenizer, spec: str) -> tuple[list[Item], int]:
     """A character-level vocabulary cannot spell every text: such items are dropped, counted."""
     if getattr(tok, "kind", "bpe") != "char":
         return items, 0
@@ -103,7 +104,7 @@ def _encodable(items: list[Item], tok: Any, spec: str) -> tuple[list[Item], int]
 @torch.no_grad()
 def evaluate(
     model: torch.nn.Module,
-    tok: Any,
+    tok: Tokenizer,
     s: EvalSettings,
     heldout: list[list[int]] | None = None,
     tasks: list[str] | None = None,
@@ -167,7 +168,7 @@ def evaluate_path(
 # --------------------------------------------------------------------------- pretraining hook
 
 
-def hook_tasks(s: EvalSettings, tokens_dir: Path, tok: Any) -> dict[str, list[Item]]:
+def hook_tasks(s: EvalSettings, tokens_dir: Path, tok: Tokenizer) -> dict[str, list[Item]]:
     """The items the pretraining hook scores every eval.every_steps: made once, reused."""
     texts = None
     if any(spec in BUILTIN_TASKS for spec in s.tasks):
@@ -176,7 +177,7 @@ def hook_tasks(s: EvalSettings, tokens_dir: Path, tok: Any) -> dict[str, list[It
 
 
 def hook_scores(
-    model: torch.nn.Module, tok: Any, tasks: dict[str, list[Item]], s: EvalSettings
+    model: torch.nn.Module, tok: Tokenizer, tasks: dict[str, list[Item]], s: EvalSettings
 ) -> dict[str, float]:
     """{"acc/<task>": accuracy} for the metrics log."""
     out = {}

@@ -23,6 +23,7 @@ import torch
 from scratchlm.data.sources import iter_documents
 from scratchlm.errors import StageError
 from scratchlm.tokenizer.shards import TokenStream, load_meta, token_dtype
+from scratchlm.tokenizer.tokenizer import Tokenizer
 
 
 def effective_stride(window: int, stride: int) -> int:
@@ -86,7 +87,7 @@ def token_logprobs(
     return out
 
 
-def document_bytes(tok: Any, ids: list[int]) -> int:
+def document_bytes(tok: Tokenizer, ids: list[int]) -> int:
     """UTF-8 bytes of the text that `ids` spell (BPE: exact bytes, even mid-character)."""
     if hasattr(tok, "decode_bytes"):
         return len(tok.decode_bytes(ids))
@@ -123,7 +124,7 @@ class Perplexity:
 
 def perplexity(
     model: torch.nn.Module,
-    tok: Any,
+    tok: Tokenizer,
     documents: Iterable[list[int]],
     stride: int = 0,
     batch_size: int = 16,
@@ -148,7 +149,7 @@ def perplexity(
 # --------------------------------------------------------------------------- held-out text
 
 
-def shard_documents(tokens_dir: Path, tok: Any) -> Iterator[list[int]]:
+def shard_documents(tokens_dir: Path, tok: Tokenizer) -> Iterator[list[int]]:
     """The validation documents of a tokens folder (train if it has none), as token ids."""
     meta = load_meta(tokens_dir)
     if meta.get("tokenizer") != tok.fingerprint():
@@ -181,7 +182,7 @@ def text_documents(path: Path, text_field: str = "text") -> list[str]:
     return texts
 
 
-def bin_documents(path: Path, tok: Any) -> list[list[int]]:
+def bin_documents(path: Path, tok: Tokenizer) -> list[list[int]]:
     """The documents of one raw shard file (train_000.bin, ...) made with `tok`."""
     ids = np.fromfile(path, dtype=token_dtype(tok.vocab_size)).astype(np.int64)
     if len(ids) and ids.max() >= tok.vocab_size:
@@ -192,7 +193,7 @@ def bin_documents(path: Path, tok: Any) -> list[list[int]]:
     return [d.tolist() for d in docs if len(d)]
 
 
-def heldout_documents(source: Path, tok: Any) -> list[list[int]]:
+def heldout_documents(source: Path, tok: Tokenizer) -> list[list[int]]:
     """Token ids of each held-out document from a tokens folder, a .bin shard or a text /
     JSONL file."""
     if source.is_dir():

@@ -12,8 +12,10 @@ a question and an answer. Genres are the First Folio's (Pericles and the poems a
 
 from __future__ import annotations
 
+import random
 import re
 from collections.abc import Iterator
+from pydoc_data.topics import topics
 from typing import Any
 
 from scratchlm.data.sources import shakespeare_files
@@ -117,8 +119,6 @@ def shakespeare_genre() -> Iterator[dict[str, Any]]:
 def shakespeare_preference() -> Iterator[dict[str, Any]]:
     """The reply as written, preferred to the same words in a shuffled order: a preference for
     well-formed speech that a small model can learn (a reply from another scene is too hard)."""
-    import random
-
     for i, pair in enumerate(shakespeare_dialogue()):
         reply = pair["messages"][2]["content"]
         words = reply.split()
@@ -129,8 +129,6 @@ def shakespeare_preference() -> Iterator[dict[str, Any]]:
 
 
 def pydoc_qa() -> Iterator[dict[str, Any]]:
-    from pydoc_data.topics import topics
-
     for name in sorted(topics):
         paragraphs = [p for p in topics[name].split("\n\n") if len(p.split()) >= 8]
         if not paragraphs:

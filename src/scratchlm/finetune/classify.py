@@ -24,6 +24,7 @@ from scratchlm.finetune.loop import EpochBatches, fit, save_tuned, total_steps, 
 from scratchlm.finetune.summaries import ClassifySummary
 from scratchlm.io import atomic_open, atomic_write_json
 from scratchlm.model.heads import GPTClassifier
+from scratchlm.tokenizer.tokenizer import Tokenizer
 
 
 def label_ids(train_labels: Sequence[str]) -> dict[str, int]:
@@ -45,7 +46,7 @@ def balanced_weights(labels: Sequence[int], classes: int) -> torch.Tensor:
 
 
 def encode_texts(
-    tokenizer: Any, texts: Sequence[str], block_size: int
+    tokenizer: Tokenizer, texts: Sequence[str], block_size: int
 ) -> tuple[list[list[int]], int]:
     """Token ids of each text (at least one token), and how many were cut to fit."""
     out, cut = [], 0

@@ -26,6 +26,7 @@ from scratchlm.finetune.base import Base, save_chat_run, vocab_params, with_chat
 from scratchlm.finetune.loop import EpochBatches, fit, total_steps, use_lora
 from scratchlm.finetune.summaries import DPOSummary
 from scratchlm.tokenizer.chat import ChatTemplate
+from scratchlm.tokenizer.tokenizer import Tokenizer
 
 
 @dataclass
@@ -38,7 +39,7 @@ class Pair:
 
 
 def encode(
-    tokenizer: Any,
+    tokenizer: Tokenizer,
     template: ChatTemplate,
     prompt: Sequence[dict[str, str]],
     chosen: str,

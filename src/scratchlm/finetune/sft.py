@@ -27,6 +27,7 @@ from scratchlm.finetune.loop import EpochBatches, fit, total_steps, use_lora
 from scratchlm.finetune.summaries import SFTSummary
 from scratchlm.infer.generate import sample
 from scratchlm.tokenizer.chat import ChatTemplate
+from scratchlm.tokenizer.tokenizer import Tokenizer
 
 
 @dataclass
@@ -36,7 +37,7 @@ class Example:
 
 
 def encode(
-    tokenizer: Any, template: ChatTemplate, messages: Sequence[dict[str, str]], max_len: int
+    tokenizer: Tokenizer, template: ChatTemplate, messages: Sequence[dict[str, str]], max_len: int
 ) -> tuple[Example | None, bool]:
     """One conversation as an example of at most `max_len` positions, and whether it was cut.
     None when the cut leaves nothing to learn (the prompt alone fills the context)."""
@@ -125,7 +126,7 @@ def eval_loss(
 @torch.no_grad()
 def reply(
     model: torch.nn.Module,
-    tokenizer: Any,
+    tokenizer: Tokenizer,
     template: ChatTemplate,
     messages: Sequence[dict[str, str]],
     max_new_tokens: int,

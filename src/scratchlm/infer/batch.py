@@ -15,6 +15,7 @@ from typing import Any
 from scratchlm.config import GenerateSettings
 from scratchlm.errors import StageError
 from scratchlm.infer.generate import complete
+from scratchlm.tokenizer.tokenizer import Tokenizer
 
 
 def read_prompts(path: Path) -> list[str]:
@@ -41,7 +42,7 @@ def read_prompts(path: Path) -> list[str]:
 
 def generate_file(
     model: Any,
-    tok: Any,
+    tok: Tokenizer,
     prompts: list[str],
     s: GenerateSettings,
     output: str | None,

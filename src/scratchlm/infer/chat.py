@@ -18,11 +18,12 @@ from scratchlm.config import GenerateSettings
 from scratchlm.errors import StageError
 from scratchlm.infer.generate import Row, generate_rows, sampling_of
 from scratchlm.tokenizer.chat import ChatTemplate
+from scratchlm.tokenizer.tokenizer import Tokenizer
 
 HELP = "commands: /system TEXT, /reset, /exit"
 
 
-def reply_stop_ids(template: ChatTemplate, tokenizer: Any) -> frozenset[int]:
+def reply_stop_ids(template: ChatTemplate, tokenizer: Tokenizer) -> frozenset[int]:
     """A reply ends at <|end|> or <|endoftext|>, or where the model opens a new turn itself."""
     names = [template.end, template.system, template.user, template.assistant]
     return frozenset({tokenizer.eot_id, *(tokenizer.special_tokens[n] for n in names)})
@@ -30,7 +31,7 @@ def reply_stop_ids(template: ChatTemplate, tokenizer: Any) -> frozenset[int]:
 
 def fit_history(
     template: ChatTemplate,
-    tokenizer: Any,
+    tokenizer: Tokenizer,
     system: list[dict[str, str]],
     turns: list[dict[str, str]],
     limit: int,
@@ -48,7 +49,9 @@ def fit_history(
 class Chat:
     """A conversation with one model; `reply(text, on_text)` streams the answer."""
 
-    def __init__(self, model: Any, tokenizer: Any, template: ChatTemplate, s: GenerateSettings):
+    def __init__(
+        self, model: Any, tokenizer: Tokenizer, template: ChatTemplate, s: GenerateSettings
+    ):
         self.model, self.tokenizer, self.template, self.s = model, tokenizer, template, s
         self.system: list[dict[str, str]] = []
         self.turns: list[dict[str, str]] = []

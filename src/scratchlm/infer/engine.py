@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from scratchlm.infer.generate import Row, generate_rows
+from scratchlm.tokenizer.tokenizer import Tokenizer
 
 
 @dataclass(eq=False)
@@ -38,7 +39,7 @@ class Job:
 
 
 class Engine:
-    def __init__(self, model: Any, tokenizer: Any, max_batch: int = 8, max_queue: int = 256):
+    def __init__(self, model: Any, tokenizer: Tokenizer, max_batch: int = 8, max_queue: int = 256):
         self.model, self.tokenizer = model, tokenizer
         self.max_batch, self.max_queue = max_batch, max_queue
         self.jobs: queue.Queue[Job | None] = queue.Queue()

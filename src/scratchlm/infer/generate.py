@@ -18,7 +18,6 @@ import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -46,7 +45,7 @@ class Row:
     finish_reason: str | None = None  # "stop", "length" or "cancelled" once finished
     cancelled: bool = False  # set by another thread (a client that left): dropped next step
 
-    def start(self, tokenizer: Any | None) -> None:
+    def start(self, tokenizer: Tokenizer | None) -> None:
         seed = self.seed if self.seed is not None else random.randrange(2**63)
         # on the CPU, where picking happens: the same seed gives the same text on any device
         self.generator = torch.Generator().manual_seed(seed % 2**64)  # any int a client sends
@@ -105,7 +104,7 @@ def _read(model: GPT, rows: list[Row], cache_room: int) -> tuple[KVCache | None,
 
 @torch.inference_mode()
 def generate_rows(
-    model: GPT, tokenizer: Any | None, rows: list[Row], vocab_size: int | None = None
+    model: GPT, tokenizer: Tokenizer | None, rows: list[Row], vocab_size: int | None = None
 ) -> Iterator[list[tuple[Row, str]]]:
     """Generate every row; after each step yield (row, new text) for the rows still going
     (the text is "" without a tokenizer). A row is finished once its `finish_reason` is set.
@@ -157,7 +156,7 @@ def sampling_of(s: GenerateSettings) -> Sampling:
     return Sampling(s.temperature, s.top_k, s.top_p, s.min_p, s.repetition_penalty)
 
 
-def rows_for(tok: Any, prompts: list[str], s: GenerateSettings) -> list[Row]:
+def rows_for(tok: Tokenizer, prompts: list[str], s: GenerateSettings) -> list[Row]:
     """One row per prompt; an empty prompt starts as a new document would (<|endoftext|>)."""
     return [
         Row(
@@ -172,7 +171,7 @@ def rows_for(tok: Any, prompts: list[str], s: GenerateSettings) -> list[Row]:
     ]
 
 
-def stream_text(model: GPT, tok: Any, prompt: str, s: GenerateSettings) -> Iterator[str]:
+def stream_text(model: GPT, tok: Tokenizer, prompt: str, s: GenerateSettings) -> Iterator[str]:
     """The continuation of one prompt, piece by piece as it is generated."""
     for events in generate_rows(model, tok, rows_for(tok, [prompt], s)):
         for _, text in events:
@@ -181,7 +180,7 @@ def stream_text(model: GPT, tok: Any, prompt: str, s: GenerateSettings) -> Itera
 
 
 def complete(
-    model: GPT, tok: Any, prompts: list[str], s: GenerateSettings, batch_size: int = 8
+    model: GPT, tok: Tokenizer, prompts: list[str], s: GenerateSettings, batch_size: int = 8
 ) -> list[Row]:
     """Continue every prompt, `batch_size` at a time; each row's `.stream.text` is its text."""
     rows = rows_for(tok, prompts, s)

@@ -37,6 +37,7 @@ from scratchlm.infer.generate import Row
 from scratchlm.infer.layout import load_for_generation
 from scratchlm.infer.sampling import Sampling
 from scratchlm.tokenizer.chat import ChatTemplate
+from scratchlm.tokenizer.tokenizer import Tokenizer
 
 API_KEY_ENV = "SCRATCHLM_API_KEY"
 
@@ -106,7 +107,7 @@ class ChatRequest(SamplingFields):
 
 
 def create_app(
-    model: Any, tokenizer: Any, options: ServeOptions, template: ChatTemplate | None
+    model: Any, tokenizer: Tokenizer, options: ServeOptions, template: ChatTemplate | None
 ) -> FastAPI:
     """The app serving `model`; `template` None: no chat endpoint (the tokenizer lacks its tokens)."""
     app = FastAPI(title="scratchlm", docs_url=None, redoc_url=None)

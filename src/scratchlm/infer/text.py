@@ -13,14 +13,14 @@ Two things make the newest text provisional:
 
 from __future__ import annotations
 
-from typing import Any
+from scratchlm.tokenizer.tokenizer import Tokenizer
 
 REPLACEMENT = "\ufffd"
 MAX_CHAR_BYTES = 4  # a UTF-8 character spans at most 4 bytes, so at most 4 byte tokens
 
 
 class TextStream:
-    def __init__(self, tokenizer: Any, stop: list[str] | tuple[str, ...] = ()):
+    def __init__(self, tokenizer: Tokenizer, stop: list[str] | tuple[str, ...] = ()):
         self.tokenizer = tokenizer
         self.stop = [s for s in stop if s]
         self.pending: list[int] = []  # tokens whose text is not decoded yet (a split character)

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+from safetensors import safe_open
 from safetensors.torch import save_file
 
 DEFAULT_TARGETS = ("attn.qkv", "attn.proj")
@@ -132,8 +133,6 @@ def save_lora(
 
 def read_lora(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """(LoRA settings, tensors) of an adapter file, in one read."""
-    from safetensors import safe_open
-
     with safe_open(str(path), "pt") as f:
         config = json.loads(f.metadata()["lora_config"])
         tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118 (not a dict)

@@ -23,7 +23,7 @@ from typing import Any
 
 from scratchlm.errors import StageError
 from scratchlm.io import atomic_write_json
-from scratchlm.tokenizer.tokenizer import BPETokenizer, CharTokenizer
+from scratchlm.tokenizer.tokenizer import BPETokenizer, CharTokenizer, Tokenizer
 
 ROLES = ("system", "user", "assistant")
 FILENAME = "chat_template.json"
@@ -43,7 +43,10 @@ class ChatTemplate:
         return [self.system, self.user, self.assistant, self.end]
 
     def render(
-        self, tokenizer: Any, messages: Sequence[Mapping[str, str]], add_generation_prompt: bool
+        self,
+        tokenizer: Tokenizer,
+        messages: Sequence[Mapping[str, str]],
+        add_generation_prompt: bool,
     ) -> tuple[list[int], list[bool]]:
         """Token ids of a conversation, and for each id whether training should predict it
         (True for the assistant's words and their closing <|end|>)."""
@@ -111,7 +114,9 @@ def check_messages(messages: Iterable[Any]) -> list[dict[str, str]]:
     return out
 
 
-def add_chat_tokens(tokenizer: Any, template: ChatTemplate | None = None) -> tuple[Any, list[str]]:
+def add_chat_tokens(
+    tokenizer: Tokenizer, template: ChatTemplate | None = None
+) -> tuple[Tokenizer, list[str]]:
     """The tokenizer with the template's special tokens added after its vocabulary when missing
     (an imported GPT-2 tokenizer has none), and the names that were added."""
     template = template or ChatTemplate()
