@@ -211,7 +211,7 @@ def run(
         r = evaluate_split("val")
         return {k: r[k] for k in ("items", "accuracy", "macro_f1", "loss") if k in r}
 
-    evals = fit(model, steps, batch_for, loss_of, evaluate, s, out / "metrics.jsonl", progress)
+    evals = fit(model, steps, batch_for, loss_of, evaluate, s, out / runs.METRICS, progress)
     report = {"labels": names, "val": evaluate_split("val"), "test": evaluate_split("test")}
     for split_name in ("val", "test"):
         if report[split_name]["items"]:

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from scratchlm import runs
 from scratchlm.config import FinetuneSettings
 from scratchlm.errors import StageError
 from scratchlm.finetune import records, sft
@@ -196,7 +197,7 @@ def run(
         lambda b: loss(model, b, s.beta, pad),
         evaluate,
         s,
-        out / "metrics.jsonl",
+        out / runs.METRICS,
         progress,
     )
     save_chat_run(

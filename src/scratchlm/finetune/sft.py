@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from scratchlm import runs
 from scratchlm.config import FinetuneSettings
 from scratchlm.errors import StageError
 from scratchlm.finetune import records
@@ -228,7 +229,7 @@ def run(
         lambda b: (loss(model, b), {}),
         evaluate,
         s,
-        out / "metrics.jsonl",
+        out / runs.METRICS,
         progress,
     )
     final = evals[-1].get("val_loss")
