@@ -29,7 +29,7 @@ class Problem:
 
 
 def split_of(expression: str) -> str:
-    """"heldout" for about HELDOUT_SHARE of all expressions, "train" for the rest: fixed."""
+    """ "heldout" for about HELDOUT_SHARE of all expressions, "train" for the rest: fixed."""
     h = int.from_bytes(hashlib.blake2b(expression.encode(), digest_size=8).digest(), "little")
     return "heldout" if h / 2**64 < HELDOUT_SHARE else "train"
 
