@@ -71,3 +71,47 @@ def test_save_load(tmp_path):
     t = ChatTemplate(end="<|reserved_0|>")
     t.save(tmp_path)
     assert ChatTemplate.load(tmp_path) == t and ChatTemplate.load(tmp_path / "none") is None
+
+
+def test_tool_markup_in_a_reply_is_special_and_only_the_call_is_trained():
+    template = ChatTemplate()
+    tok, added = add_chat_tokens(byte_tokenizer(), tools=True)
+    assert added == template.tokens + template.tool_tokens
+    messages = [
+        {"role": "user", "content": "What is 12*37?"},
+        {"role": "assistant", "content": "<|tool|>12*37<|/tool|><|result|>444<|/result|>444"},
+    ]
+    ids, trained = template.render(tok, messages, add_generation_prompt=False)
+    s = tok.special_tokens
+    reply = ids[ids.index(s["<|assistant|>"]) + 1 :]
+    learn = trained[ids.index(s["<|assistant|>"]) + 1 :]
+    expected = (
+        [s["<|tool|>"], *tok.encode("12*37"), s["<|/tool|>"]]
+        + [s["<|result|>"], *tok.encode("444"), s["<|/result|>"]]
+        + [*tok.encode("444"), s["<|end|>"]]
+    )
+    assert reply == expected
+    assert learn == [True] * 7 + [False] * 5 + [True] * 4
+    # the same text from the user is ordinary text: no tool token, nothing trained
+    user = [{"role": "user", "content": messages[1]["content"]}]
+    ids, trained = template.render(tok, user, add_generation_prompt=False)
+    assert s["<|tool|>"] not in ids and not any(trained)
+    assert template.uses_tools([messages]) and not template.uses_tools([user])
+
+
+def test_without_tool_tokens_markup_stays_text():
+    tok, added = add_chat_tokens(byte_tokenizer())
+    assert "<|tool|>" not in added
+    reply = [{"role": "assistant", "content": "<|tool|>1+1<|/tool|>"}]
+    ids, trained = ChatTemplate().render(tok, reply, add_generation_prompt=False)
+    assert ids[1:-1] == tok.encode("<|tool|>1+1<|/tool|>") and all(trained[1:])
+
+
+def test_a_saved_template_without_tool_fields_still_loads(tmp_path):
+    import json
+
+    (tmp_path / "chat_template.json").write_text(
+        json.dumps({"format": "scratchlm-chat", "version": 1, "system": "<|system|>",
+                    "user": "<|user|>", "assistant": "<|assistant|>", "end": "<|end|>"})
+    )  # fmt: skip
+    assert ChatTemplate.load(tmp_path) == ChatTemplate()

@@ -8,16 +8,24 @@ the loss only on what the assistant wrote and its closing <|end|>: the model lea
 to stop, not to predict the user's words.
 
 Message text is always encoded as ordinary text, so a user who types "<|end|>" cannot close a
-turn. The template is saved beside the model (chat_template.json) and exported to Hugging Face
-as the equivalent Jinja template.
+turn. The one exception is tool markup in an assistant turn, when the tokenizer has the tool
+tokens (fine-tuning adds them for data that calls tools):
+
+    <|assistant|><|tool|>12*37<|/tool|><|result|>444<|/result|>444<|end|>
+                 trained............... not trained............ trained....
+
+The model learns to write the call and to use the result, not to predict what the tool wrote.
+The template is saved beside the model (chat_template.json) and exported to Hugging Face as the
+equivalent Jinja template.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -37,10 +45,48 @@ class ChatTemplate:
     user: str = "<|user|>"
     assistant: str = "<|assistant|>"
     end: str = "<|end|>"
+    # A tool call inside an assistant turn, and the result the tool wrote back (infer/tools.py).
+    tool_call: str = "<|tool|>"
+    tool_call_end: str = "<|/tool|>"
+    tool_result: str = "<|result|>"
+    tool_result_end: str = "<|/result|>"
 
     @property
     def tokens(self) -> list[str]:
         return [self.system, self.user, self.assistant, self.end]
+
+    @property
+    def tool_tokens(self) -> list[str]:
+        return [self.tool_call, self.tool_call_end, self.tool_result, self.tool_result_end]
+
+    def uses_tools(self, conversations: Iterable[Sequence[Mapping[str, str]]]) -> bool:
+        """Whether any assistant turn of these conversations calls a tool."""
+        return any(
+            self.tool_call in m.get("content", "")
+            for messages in conversations
+            for m in messages
+            if m.get("role") == "assistant"
+        )
+
+    def _reply(self, tokenizer: Tokenizer, text: str) -> tuple[list[int], list[bool]]:
+        """An assistant turn's ids and trained flags. Tool markup becomes its special tokens when
+        the tokenizer has them; the model learns to write a call, not the result it gets back."""
+        specials = tokenizer.special_tokens
+        if not all(t in specials for t in self.tool_tokens):
+            ids = tokenizer.encode(text)
+            return ids, [True] * len(ids)
+        ids, trained, in_result = [], [], False
+        for piece in re.split("(" + "|".join(map(re.escape, self.tool_tokens)) + ")", text):
+            if piece in self.tool_tokens:
+                in_result = in_result or piece == self.tool_result
+                ids.append(specials[piece])
+                trained.append(not in_result)
+                in_result = in_result and piece != self.tool_result_end
+            elif piece:
+                piece_ids = tokenizer.encode(piece)
+                ids += piece_ids
+                trained += [not in_result] * len(piece_ids)
+        return ids, trained
 
     def render(
         self,
@@ -57,10 +103,14 @@ class ChatTemplate:
         ids: list[int] = []
         trained: list[bool] = []
         for m in check_messages(messages):
-            is_reply = m["role"] == "assistant"
-            body = tokenizer.encode(m["content"]) + [specials[self.end]]
+            if m["role"] == "assistant":
+                body, learn = self._reply(tokenizer, m["content"])
+                body, learn = body + [specials[self.end]], learn + [True]
+            else:  # what others wrote is ordinary text: typing "<|end|>" closes no turn
+                body = tokenizer.encode(m["content"]) + [specials[self.end]]
+                learn = [False] * len(body)
             ids += [specials[getattr(self, m["role"])], *body]
-            trained += [False] + [is_reply] * len(body)
+            trained += [False, *learn]
         if add_generation_prompt:
             ids.append(specials[self.assistant])
             trained.append(False)
@@ -99,7 +149,8 @@ class ChatTemplate:
         if not path.is_file():
             return None
         data = json.loads(path.read_text(encoding="utf-8"))
-        return cls(**{k: data[k] for k in ("system", "user", "assistant", "end")})
+        names = [f.name for f in fields(cls)]
+        return cls(**{k: data[k] for k in names if k in data})
 
 
 def check_messages(messages: Iterable[Any]) -> list[dict[str, str]]:
@@ -115,12 +166,14 @@ def check_messages(messages: Iterable[Any]) -> list[dict[str, str]]:
 
 
 def add_chat_tokens(
-    tokenizer: Tokenizer, template: ChatTemplate | None = None
+    tokenizer: Tokenizer, template: ChatTemplate | None = None, tools: bool = False
 ) -> tuple[Tokenizer, list[str]]:
-    """The tokenizer with the template's special tokens added after its vocabulary when missing
-    (an imported GPT-2 tokenizer has none), and the names that were added."""
+    """The tokenizer with the template's special tokens (and its tool tokens, with `tools`)
+    added after its vocabulary when missing (an imported GPT-2 tokenizer has none), and the
+    names that were added."""
     template = template or ChatTemplate()
-    missing = [t for t in template.tokens if t not in tokenizer.special_tokens]
+    wanted = template.tokens + (template.tool_tokens if tools else [])
+    missing = [t for t in wanted if t not in tokenizer.special_tokens]
     if not missing:
         return tokenizer, []
     if isinstance(tokenizer, CharTokenizer):
