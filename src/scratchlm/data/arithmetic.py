@@ -69,7 +69,8 @@ def problems(
 
 
 def corpus_lines(count: int, seed: int = 0, max_digits: int = 3) -> Iterator[str]:
-    """Training-split equations, "a+b=c", of 1 to `max_digits` digits: pretraining text."""
+    """Training-split problems of 1 to `max_digits` digits as pretraining text: equations
+    ("12+37=49") and questions ("What is 12+37? 49"), half and half."""
     for digits in range(1, max_digits + 1):
-        for p in problems(count // max_digits, digits, "+-*", "train", seed):
-            yield f"{p.expression}={p.answer}"
+        for i, p in enumerate(problems(count // max_digits, digits, "+-*", "train", seed)):
+            yield f"{p.expression}={p.answer}" if i % 2 else f"{p.question} {p.answer}"

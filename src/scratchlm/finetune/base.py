@@ -71,9 +71,10 @@ def write_run_config(out: Path, model_cfg: Any, settings: FinetuneSettings) -> N
     )
 
 
-def with_chat_tokens(base: Base) -> tuple[Tokenizer, list[str]]:
-    """The tokenizer with chat tokens, and the model grown to cover them."""
-    tok, added = add_chat_tokens(base.tokenizer)
+def with_chat_tokens(base: Base, tools: bool = False) -> tuple[Tokenizer, list[str]]:
+    """The tokenizer with chat tokens (and tool tokens, with `tools`), and the model grown to
+    cover them."""
+    tok, added = add_chat_tokens(base.tokenizer, tools=tools)
     grow_vocab(base.model, tok.vocab_size)
     return tok, added
 

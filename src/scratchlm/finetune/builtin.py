@@ -4,6 +4,8 @@
     builtin:shakespeare-genre      a speech, labelled comedy / history / tragedy (classify)
     builtin:shakespeare-preference a speech; its reply preferred to the reply's words shuffled (DPO)
     builtin:pydoc-qa               "What is <topic> in Python?" and the reference's first lines
+    builtin:arithmetic-tools       "What is 123+456?" answered with the calculator (system
+                                   "tools: calculator") or without it ("tools: none")
 
 The plays' text marks each speech with its speaker on a line of its own ("HAMLET."), so a
 scene is a sequence of (speaker, speech) pairs; consecutive speeches by two characters make
@@ -18,6 +20,7 @@ from collections.abc import Iterator
 from pydoc_data.topics import topics
 from typing import Any
 
+from scratchlm.data.arithmetic import problems
 from scratchlm.data.sources import shakespeare_files
 from scratchlm.errors import StageError
 
@@ -137,11 +140,34 @@ def pydoc_qa() -> Iterator[dict[str, Any]]:
         yield {"instruction": f"What is {name} in Python?", "output": answer}
 
 
+TOOLS_ON, TOOLS_OFF = "tools: calculator", "tools: none"
+
+
+def arithmetic_tools() -> Iterator[dict[str, Any]]:
+    """Worked answers for 1-3 digit +, -, * problems of the training split, half of them with a
+    calculator call: <|tool|>123+456<|/tool|><|result|>579<|/result|>579."""
+    for digits, count in ((1, 200), (2, 1400), (3, 2400)):
+        for i, p in enumerate(problems(count, digits, "+-*", "train", seed=7)):
+            if i % 2:
+                system, reply = TOOLS_OFF, str(p.answer)
+            else:
+                call = f"<|tool|>{p.expression}<|/tool|><|result|>{p.answer}<|/result|>"
+                system, reply = TOOLS_ON, f"{call}{p.answer}"
+            yield {
+                "messages": [
+                    {"role": "system", "content": system},
+                    {"role": "user", "content": p.question},
+                    {"role": "assistant", "content": reply},
+                ]
+            }
+
+
 BUILTINS = {
     "builtin:shakespeare-dialogue": shakespeare_dialogue,
     "builtin:shakespeare-genre": shakespeare_genre,
     "builtin:shakespeare-preference": shakespeare_preference,
     "builtin:pydoc-qa": pydoc_qa,
+    "builtin:arithmetic-tools": arithmetic_tools,
 }
 
 

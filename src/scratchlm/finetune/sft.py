@@ -173,10 +173,10 @@ def run(
 ) -> SFTSummary:
     """SFT: conversations -> examples (cut to the context, counted) -> packed or padded rows;
     validation loss and answers to fixed prompts at every evaluation."""
-    tok, added = with_chat_tokens(base)
-    model, template = base.model, ChatTemplate()
-    block = model.cfg.block_size
     train, val, skipped = records.held_out(s, records.to_messages)
+    template = ChatTemplate()
+    tok, added = with_chat_tokens(base, tools=template.uses_tools(train))
+    model, block = base.model, base.model.cfg.block_size
 
     def encode_all(convs: list) -> tuple[list[Example], int, int]:
         examples, cut, dropped = [], 0, 0

@@ -27,7 +27,9 @@ class TokenizerSettings:
     vocab_size: int = setting(
         4096, "BPE: total vocabulary incl. 256 bytes and specials", min=257, max=2**17
     )
-    pattern: str = setting("gpt4", "BPE pre-tokenizer split: gpt4, gpt2 or a custom regex")
+    pattern: str = setting(
+        "gpt4", "BPE pre-tokenizer split: gpt4, gpt4-digits (one digit a piece), gpt2 or a regex"
+    )
     special_tokens: list[str] = setting(SPECIAL_TOKENS, "special tokens, never merged across")
     max_chars: int = setting(0, "BPE: train on at most this many characters (0 = all)", min=0)
     workers: int = setting(0, "processes that split and count the text (0 = all cores)", min=0)
