@@ -132,12 +132,19 @@ def build(cls: type, data: Any, prefix: str = "") -> Any:
         raise SettingsError(f"invalid settings in {prefix.rstrip('.')}: {e}") from None
 
 
-def describe_section(cls: type, prefix: str) -> list[str]:
-    """One help line per setting: `key (type, default): help`. Used by the CLI's --help."""
+def describe_section(cls: type, prefix: str, values: Any = None) -> list[str]:
+    """One help line per setting: `key = value (type): help`, the value taken from `values`
+    (an instance of `cls`, e.g. the recipe a command will use) or else the field's default.
+    Used by the CLI's --help."""
     hints = typing.get_type_hints(cls)
     lines = []
     for f in dataclasses.fields(cls):
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        if values is not None:
+            default = getattr(values, f.name)
+        elif f.default is not dataclasses.MISSING:
+            default = f.default
+        else:
+            default = f.default_factory()  # type: ignore[misc]
         what = _describe(hints[f.name], dict(f.metadata))
         lines.append(f"  {prefix}{f.name} = {default!r}  ({what}) {f.metadata.get('help', '')}")
     return lines

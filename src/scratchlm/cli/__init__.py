@@ -41,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if not argv:  # `scratchlm` alone: what it can do
+        build_parser().print_help()
+        return EXIT_OK
     prefixed = PREFIX_COMMANDS.get(tuple(argv[:2]))  # type: ignore[call-overload]
     try:
         if prefixed is not None:

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from scratchlm import runs
-from scratchlm.cli.common import FORMATTER, add_set, settings_help
+from scratchlm.cli.common import FROM_RUN, FORMATTER, add_set, settings_help
 from scratchlm.config import EvalSettings
 from scratchlm.device import resolve_device
 from scratchlm.errors import SettingsError, StageError
@@ -22,7 +22,7 @@ def add_parsers(sub: Any) -> None:
         "eval",
         help=desc,
         description=desc.replace("%%", "%") + ". Writes eval.json and eval.md into the run folder.",
-        epilog=settings_help(("eval",)),
+        epilog=settings_help(("eval",), note=FROM_RUN),
         formatter_class=FORMATTER,
     )
     p.add_argument("run", nargs="?", help="a run folder, or an HF folder from `export hf`")

@@ -10,6 +10,7 @@ from typing import Any
 from scratchlm.cli.common import (
     FORMATTER,
     add_recipe_args,
+    default_recipe,
     print_result,
     recipe_of,
     settings_help,
@@ -31,12 +32,22 @@ DESCRIPTIONS = {  # stage -> what its command does
 }
 
 
+def help_sections(stages: tuple[str, ...]) -> tuple[str, ...]:
+    """The recipe sections that decide what these stages do: their own, and how pretraining
+    spreads over processes."""
+    sections = [sec for st in stages for sec in SECTIONS[st]]
+    if "pretrain" in stages:
+        sections.insert(sections.index("pretrain") + 1, "parallel")
+    return tuple(sections)
+
+
 def add_parsers(sub: Any) -> None:
+    demo = default_recipe()
     p = sub.add_parser(
         "run",
         help="Run every stage in order, skipping those already done",
         description="Run every stage in order into one work folder, skipping stages whose inputs and settings are unchanged.",
-        epilog=settings_help(tuple(s for st in STAGES for s in SECTIONS[st])),
+        epilog=settings_help(help_sections(STAGES), demo),
         formatter_class=FORMATTER,
     )
     add_recipe_args(p)
@@ -54,7 +65,7 @@ def add_parsers(sub: Any) -> None:
             stage,
             help=DESCRIPTIONS[stage],
             description=DESCRIPTIONS[stage],
-            epilog=settings_help(SECTIONS[stage]),
+            epilog=settings_help(help_sections((stage,)), demo),
             formatter_class=FORMATTER,
         )
         add_recipe_args(p)

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from scratchlm import runs
-from scratchlm.cli.common import FORMATTER, add_set, generate_settings, settings_help
+from scratchlm.cli.common import FROM_RUN, FORMATTER, add_set, generate_settings, settings_help
 from scratchlm.errors import SettingsError, StageError
 from scratchlm.infer.batch import generate_file, read_prompts
 from scratchlm.infer.chat import Chat, run_chat
@@ -23,7 +23,7 @@ def add_parsers(sub: Any) -> None:
         "generate",
         help=desc,
         description=desc,
-        epilog=settings_help(("generate",)),
+        epilog=settings_help(("generate",), note=FROM_RUN),
         formatter_class=FORMATTER,
     )
     p.add_argument("run", help="a run folder (e.g. work/demo/runs/demo) or an HF model folder")
@@ -51,7 +51,7 @@ def add_parsers(sub: Any) -> None:
         "chat",
         help=desc,
         description=desc,
-        epilog=settings_help(("generate",)),
+        epilog=settings_help(("generate",), note=FROM_RUN),
         formatter_class=FORMATTER,
     )
     p.add_argument("run", help="a run folder or an HF model folder")
