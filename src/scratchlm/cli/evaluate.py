@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from scratchlm import runs
-from scratchlm.cli.common import FROM_RUN, FORMATTER, add_set, settings_help
+from scratchlm.cli.common import FORMATTER, FROM_RUN, add_set, settings_help
 from scratchlm.config import EvalSettings
 from scratchlm.device import resolve_device
 from scratchlm.errors import SettingsError, StageError

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from scratchlm import runs
-from scratchlm.cli.common import FROM_RUN, FORMATTER, add_set, generate_settings, settings_help
+from scratchlm.cli.common import FORMATTER, FROM_RUN, add_set, generate_settings, settings_help
 from scratchlm.errors import SettingsError, StageError
 from scratchlm.infer.batch import generate_file, read_prompts
 from scratchlm.infer.chat import Chat, run_chat
