@@ -277,8 +277,21 @@ def resolve_recipe_path(recipe: str | None) -> Path:
 def load_recipe(recipe: str | None = None, overrides: list[str] | None = None) -> Recipe:
     """Read a recipe (path or built-in name), apply `--set` overrides and validate it all."""
     data = _read_yaml(resolve_recipe_path(recipe))
+    data = _command_line_preset(data, overrides or [])
     data = apply_overrides(data, overrides or [])
     return build(Recipe, data)
+
+
+def _command_line_preset(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """`--set model.preset=NAME` asks for that shape: the preset's keys replace the recipe's
+    (inside a recipe the keys written beside a preset win; keys also given with --set still
+    win, as they are applied after)."""
+    for item in overrides:
+        key, value = parse_override(item)
+        model = data.get("model")
+        if key == "model.preset" and value in MODEL_PRESETS and isinstance(model, dict):
+            data["model"] = {k: v for k, v in model.items() if k not in MODEL_PRESETS[value]}
+    return data
 
 
 def recipe_from_dict(data: dict[str, Any]) -> Recipe:
