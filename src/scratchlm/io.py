@@ -16,6 +16,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import torch
+from safetensors.torch import save_file
+
 
 def _fsync_dir(path: Path) -> None:
     # The rename itself lives in the directory entry; fsync the folder so it survives power loss.
@@ -90,6 +93,23 @@ def publish_dir(tmp: Path, path: Path) -> None:
     os.replace(tmp, path)
     _fsync_dir(path.parent)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # the only way to read it is to set it: put it straight back
+    os.umask(mask)
+    return mask
+
+
+def save_safetensors(
+    tensors: dict[str, torch.Tensor],
+    path: str | os.PathLike,
+    metadata: dict[str, str] | None = None,
+) -> None:
+    """safetensors' save_file, the file's permissions then set from the umask as for any file
+    we write (save_file creates its file readable by the owner alone, mode 0600)."""
+    save_file(tensors, str(path), metadata=metadata)
+    os.chmod(path, 0o666 & ~_umask())
 
 
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

@@ -29,11 +29,11 @@ from typing import Any
 
 import torch
 import yaml
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from scratchlm.config import Recipe
 from scratchlm.errors import SettingsError, StageError
-from scratchlm.io import atomic_dir, atomic_write_json, atomic_write_text
+from scratchlm.io import atomic_dir, atomic_write_json, atomic_write_text, save_safetensors
 from scratchlm.model.config import ModelConfig
 from scratchlm.model.gpt import GPT
 from scratchlm.model.heads import GPTClassifier
@@ -174,7 +174,7 @@ def write_checkpoint_files(
     state: dict[str, Any] | None = None,
 ) -> None:
     """The files of a checkpoint, into a folder that is not yet published under its name."""
-    save_file({k: v.contiguous() for k, v in weights.items()}, str(folder / WEIGHTS))
+    save_safetensors({k: v.contiguous() for k, v in weights.items()}, folder / WEIGHTS)
     if state is not None:
         torch.save(state, folder / STATE)
     (folder / META).write_text(json.dumps({"step": step, **meta}, indent=2))

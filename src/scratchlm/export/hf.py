@@ -15,12 +15,11 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
 from scratchlm import runs
 from scratchlm.config import PretrainSettings, Recipe
 from scratchlm.errors import StageError
-from scratchlm.io import atomic_write_json
+from scratchlm.io import atomic_write_json, save_safetensors
 from scratchlm.model.config import ModelConfig
 from scratchlm.model.hf import hf_config, hf_family, hf_state_dict
 from scratchlm.tokenizer.formats import export_tokenizer
@@ -62,7 +61,7 @@ def export_hf(
             "pad_token_id": eot,  # HF finds each row's last real token through the pad id
         }
     tmp = out / ".model.safetensors.tmp"
-    save_file({k: v.contiguous() for k, v in hf_sd.items()}, str(tmp), metadata={"format": "pt"})
+    save_safetensors({k: v.contiguous() for k, v in hf_sd.items()}, tmp, metadata={"format": "pt"})
     os.replace(tmp, out / "model.safetensors")
     atomic_write_json(out / "config.json", config)
     atomic_write_json(out / "generation_config.json", {"bos_token_id": eot, "eos_token_id": eot})
