@@ -38,7 +38,7 @@ from scratchlm.train import distributed
 from scratchlm.train.checkpointer import Checkpointer
 from scratchlm.train.data import TokenData
 from scratchlm.train.metrics import MetricsLog, check_loggers
-from scratchlm.train.mfu import peak_flops
+from scratchlm.train.mfu import MFUMeter
 from scratchlm.train.optim import lr_scale, make_optimizer
 from scratchlm.train.prepare import grad_accum_steps, prepare_run
 from scratchlm.train.sharded_checkpoint import load_full_optimizer_state
@@ -112,8 +112,9 @@ class Trainer:
         if s.compile:
             self.forward = torch.compile(self.forward)
         # Tokens/s counts every rank's tokens, so MFU divides by every rank's peak.
-        self.peak = peak_flops(self.device, s.peak_flops) * self.dist.world
-        self.flops_per_token = self.model.flops_per_token()  # fixed for the run: not per step
+        self.mfu = MFUMeter(
+            self.device, s.peak_flops, self.model.flops_per_token(), self.dist.world
+        )
         self.step, self.best_val, self.skipped = 0, math.inf, 0
         if resuming:
             self._resume()
@@ -276,7 +277,10 @@ class Trainer:
                 loss, norm = self.train_step()
                 self.step += 1
                 tok_s = self.tokens_per_step / max(time.time() - t0, 1e-9)
-                mfu = self.flops_per_token * tok_s / self.peak
+                mfu = self.mfu(tok_s)
+                if self.mfu.raised:
+                    self.metrics.say(self.mfu.raised)
+                    self.mfu.raised = None
                 lr = self.optimizer.param_groups[-1]["lr"]
                 self.metrics.record(
                     {

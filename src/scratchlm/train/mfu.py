@@ -43,3 +43,42 @@ def peak_flops(device: torch.device, configured: float = 0.0) -> float:
             if key in name:
                 return flops
     return measure_matmul_peak(device)
+
+
+class MFUMeter:
+    """Model FLOP utilisation of each step: the FLOP/s it achieved over the hardware's peak.
+
+    A peak measured on a CPU shared with other work comes out low (a 0.3 s measurement at a
+    busy moment once gave MFU figures of 100-154%), and a configured one can be wrong. So the
+    CPU peak is the best of several measurements, a step faster than the peak makes the meter
+    measure again (a few times per run at most), and the peak is never left below a rate a
+    step actually reached: the figure shown never exceeds 100%.
+    """
+
+    REMEASURES = 3
+
+    def __init__(
+        self, device: torch.device, configured: float, flops_per_token: float, world: int = 1
+    ):
+        self.device, self.flops_per_token, self.world = device, flops_per_token, world
+        self.peak = peak_flops(device, configured)  # of one process
+        self.remeasures = 0 if configured or device.type != "cpu" else self.REMEASURES
+        if self.remeasures:
+            self.peak = max(
+                self.peak, *(measure_matmul_peak(device, seconds=0.1) for _ in range(2))
+            )
+        self.raised: str | None = None  # what the last raise of the peak was, to say once
+
+    def __call__(self, tokens_per_second: float) -> float:
+        """The MFU of a step that processed `tokens_per_second` over all processes."""
+        achieved = self.flops_per_token * tokens_per_second / self.world  # per process
+        if achieved > self.peak and self.remeasures:
+            self.remeasures -= 1
+            self.peak = max(self.peak, measure_matmul_peak(self.device))
+        if achieved > self.peak:
+            self.raised = (
+                f"a step reached {achieved:.3g} FLOP/s per process, above the peak of "
+                f"{self.peak:.3g}: MFU is measured against that rate from now on"
+            )
+            self.peak = achieved
+        return achieved / self.peak
