@@ -23,7 +23,7 @@ from scratchlm.eval.perplexity import (
     shard_documents,
 )
 from scratchlm.eval.stats import wilson
-from scratchlm.eval.tasks import BUILTIN_TASKS
+from scratchlm.eval.tasks import BUILTIN_TASKS, NotEnoughText
 from scratchlm.tokenizer.tokenizer import Tokenizer
 
 
@@ -124,7 +124,11 @@ def evaluate(
     )
     result["tasks"] = {}
     for spec in specs:
-        items, skipped = task_items(spec, texts, s)
+        try:
+            items, skipped = task_items(spec, texts, s)
+        except NotEnoughText as e:  # the perplexity and the other tasks still stand
+            result.setdefault("skipped_tasks", {})[spec] = str(e)
+            continue
         items, unencodable = _encodable(items, tok, spec)
         result["tasks"][spec] = task_result(model, tok, items, s) | {
             "skipped_lines": len(skipped),

@@ -68,6 +68,8 @@ def markdown(result: dict[str, Any]) -> str:
         for name, count in skipped.items():
             first = ", ".join(map(str, result["tasks"][name]["first_skipped"]))
             lines.append(f"\n{name}: {count} malformed line(s) skipped (lines {first}...)")
+    for name, why in result.get("skipped_tasks", {}).items():
+        lines.append(f"\n{name}: not scored: {why}")
     return "\n".join(lines) + "\n"
 
 
