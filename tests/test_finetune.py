@@ -370,3 +370,58 @@ def test_epoch_batches_cover_every_item_once_per_epoch_reproducibly():
     epochs = [[i for step in range(e * 3, e * 3 + 3) for i in order(step)] for e in range(2)]
     assert all(sorted(e) == list(range(10)) for e in epochs) and epochs[0] != epochs[1]
     assert EpochBatches(10, 4, seed=3)(4) == order(4)  # the same seed, the same batches
+
+
+def test_unmerged_adapters_follow_their_base_by_checksum(tmp_path):
+    """A LoRA run keeps only its adapters and the path of its base. When the base is trained
+    again, the old one is kept aside, and the adapters are applied to it, found by checksum;
+    when no copy of the weights they were trained on is left, loading them is refused."""
+    import shutil
+
+    recipe = tiny_recipe(pretrain={"max_steps": 10, "eval_every": 10})
+    ws = Workspace(tmp_path / "work", "tiny")
+    run_pipeline(recipe, ws, progress=False)
+    base, lora = ws.out("pretrain"), tmp_path / "lora"
+    data = write_jsonl(tmp_path / "qa.jsonl", qa_rows())
+    summary = finetune(settings(data=str(data), lora_rank=4, max_steps=3), base, lora, False)
+    assert len(summary.base["sha256"]) == 64
+    x = torch.randint(0, 100, (1, 8))
+    before = runs.load_model(lora).model(x)[0]
+
+    recipe.pretrain.max_steps = 12  # the base is trained again; the old one is kept aside
+    run_pipeline(recipe, ws, progress=False)
+    (kept,) = runs.kept_runs(base)
+    torch.testing.assert_close(runs.load_model(lora).model(x)[0], before, rtol=0, atol=0)
+
+    shutil.rmtree(kept)  # no copy left; other weights where the old checkpoint was
+    shutil.copytree(runs.latest_checkpoint(base), base / "checkpoints" / "step_000010")
+    with pytest.raises(StageError, match="checksum mismatch"):
+        runs.load_model(lora)
+
+
+def test_finetuning_again_into_a_run_keeps_the_one_there(base_run, tmp_path, capsys):
+    data = write_jsonl(tmp_path / "qa.jsonl", qa_rows())
+    args = ["finetune", "sft", str(base_run), "--data", str(data), "--out", str(tmp_path / "ft")]
+    args += ["-q", "--set", "finetune.max_steps=2", "--set", "finetune.threads=1"]
+    assert main(args) == 0
+    first = load_file(str(runs.latest_checkpoint(tmp_path / "ft") / "model.safetensors"))
+    assert main([*args, "--set", "finetune.lr=1e-2"]) == 0
+    (kept,) = runs.kept_runs(tmp_path / "ft")
+    assert f"is kept as {kept}" in capsys.readouterr().out
+    again = load_file(str(runs.latest_checkpoint(kept) / "model.safetensors"))
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    # a bad data file changes nothing: the run there stays where it is
+    assert main([*args[:4], str(tmp_path / "missing.jsonl"), *args[5:]]) == 2
+    assert runs.kept_runs(tmp_path / "ft") == [kept] and runs.is_run(tmp_path / "ft")
+
+
+def test_a_short_run_warms_up_for_a_tenth_of_it_at_most():
+    """The README's LoRA example is 5 steps: inside a 10-step warmup it never reached its
+    learning rate and learned nothing visible."""
+    from scratchlm.finetune.loop import lr_at
+
+    s = settings(lr=1e-3, warmup_steps=10)
+    assert lr_at(0, 5, s) == pytest.approx(1e-3)  # no warmup in a 5-step run
+    assert lr_at(0, 50, s) == pytest.approx(1e-3 / 5) and lr_at(4, 50, s) == pytest.approx(1e-3)
+    assert lr_at(9, 1000, s) == pytest.approx(1e-3)  # a long run: the setting as it is
+    assert lr_at(0, 1000, s) == pytest.approx(1e-4)

@@ -134,7 +134,9 @@ class FinetuneSettings:
     epochs: float = setting(1.0, "passes over the training data when max_steps is 0", min=0.0)
     batch_size: int = setting(8, "sequences (or pairs) per step", min=1)
     lr: float = setting(1e-4, "peak AdamW learning rate (LoRA likes ~10x more)", min=0.0)
-    warmup_steps: int = setting(10, "linear warmup steps, then cosine decay to 10%", min=0)
+    warmup_steps: int = setting(
+        10, "linear warmup steps (at most a tenth of the run), then cosine decay to 10%", min=0
+    )
     weight_decay: float = setting(0.0, "AdamW weight decay on matrices", min=0.0)
     grad_clip: float = setting(1.0, "clip gradient norm to this (0 = off)", min=0.0)
     lora_rank: int = setting(0, "LoRA rank (0 = full fine-tuning)", min=0)

@@ -12,13 +12,17 @@ Each stage ends by writing `manifest.json` (atomically, last) with a key: the ha
 settings, of its upstream stages' outputs and of its source files. A stage whose manifest
 key matches and whose outputs are all present is skipped; a stage interrupted before its
 manifest was written has no manifest, so it runs again.
+
+The two stages that train (pretrain, finetune) never delete a trained run: when their settings
+changed, the run there is kept beside the new one (runs.keep_aside: NAME.YYYYMMDD-HHMMSS), and
+when the settings come back to those of a kept run, that run is put back instead of training
+again. `--resume` on a run already at pretrain.max_steps changes nothing and says so.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,7 +32,7 @@ from typing import Any, Protocol
 
 import yaml
 
-from scratchlm import __version__
+from scratchlm import __version__, runs
 from scratchlm.config import Recipe
 from scratchlm.data.curate import curate, iter_curated_texts
 from scratchlm.data.report import CurateSummary
@@ -38,7 +42,7 @@ from scratchlm.errors import StageError
 from scratchlm.eval.evaluate import evaluate_path, input_files
 from scratchlm.eval.report import EvalSummary, write_report
 from scratchlm.finetune.stage import finetune
-from scratchlm.finetune.summaries import FinetuneSummary, summary_from_dict
+from scratchlm.finetune.summaries import summary_from_dict
 from scratchlm.infer.generate import SampleSummary, before_after_samples
 from scratchlm.io import atomic_dir, atomic_write_json, atomic_write_text, file_sha256, json_sha256
 from scratchlm.tokenizer.shards import TokenizeSummary, tokenize_corpus
@@ -131,6 +135,7 @@ class StageResult:
     seconds: float
     out: Path
     summary: Summary
+    note: str = ""  # what else happened: a run kept aside or put back, nothing to resume
 
 
 def read_manifest(out: Path) -> dict[str, Any] | None:
@@ -195,7 +200,11 @@ def _outputs(out: Path) -> dict[str, dict[str, Any]]:
 
 
 def is_fresh(stage: str, key: str, ws: Workspace) -> bool:
-    out = ws.out(stage)
+    return _intact(ws.out(stage), key)
+
+
+def _intact(out: Path, key: str) -> bool:
+    """`out` holds what a stage with this key wrote, every output file still there."""
     manifest = read_manifest(out)
     if manifest is None or manifest.get("key") != key:
         return False
@@ -235,10 +244,6 @@ def _run_pretrain(recipe: Recipe, ws: Workspace, out: Path, progress: bool) -> P
     return pretrain(recipe, ws.out("tokenize"), tokenizer, out, progress)
 
 
-def _run_finetune(recipe: Recipe, ws: Workspace, out: Path, progress: bool) -> FinetuneSummary:
-    return finetune(recipe.finetune, ws.out("pretrain"), out, progress)
-
-
 def _run_sample(recipe: Recipe, ws: Workspace, out: Path, progress: bool) -> SampleSummary:
     samples = before_after_samples(ws.out("pretrain"), recipe.generate, recipe.pretrain.seed)
     atomic_write_json(out / "samples.json", samples)
@@ -260,7 +265,6 @@ RUNNERS: dict[str, Callable[[Recipe, Workspace, Path, bool], Summary]] = {
     "tokenizer": _run_tokenizer,
     "tokenize": _run_tokenize,
     "pretrain": _run_pretrain,
-    "finetune": _run_finetune,
     "sample": _run_sample,
     "eval": _run_eval,
 }
@@ -293,22 +297,30 @@ def run_stage(
         summary = _saved_summary(stage, read_manifest(out) or {})
         if summary is not None:
             return StageResult(stage, False, 0.0, out, summary)
+    if stage == "pretrain" and (done := _nothing_to_resume(recipe, out)):
+        return done
+    trains = stage in ("pretrain", "finetune") and not force and is_main_process()
+    if trains and (restored := _put_back_kept(stage, key, out)):
+        return restored
     start = time.time()
+    note = ""
     settings_yaml = yaml.safe_dump(
         {sec: dataclasses.asdict(getattr(recipe, sec)) for sec in SECTIONS[stage]}, sort_keys=False
     )
     if stage == "pretrain":
-        # A run folder is trained in place (checkpoints appear as it goes). An earlier attempt
-        # is discarded so the new run starts clean, unless asked to resume from it.
+        # A run folder is trained in place (checkpoints appear as it goes). Unless asked to
+        # resume, the new run starts clean, and a trained one there is kept beside it.
         if recipe.pretrain.resume != "auto" and is_main_process():
-            shutil.rmtree(out, ignore_errors=True)
+            note = _kept_note(runs.keep_aside(out))
         out.mkdir(parents=True, exist_ok=True)
         summary = RUNNERS[stage](recipe, ws, out, progress)
         if not is_main_process():  # under torchrun: rank 0 alone writes the manifest
             return StageResult(stage, True, round(time.time() - start, 2), out, summary)
         atomic_write_text(out / "settings.yaml", settings_yaml)
-    elif stage == "finetune":  # builds its run folder atomically itself
-        summary = RUNNERS[stage](recipe, ws, out, progress)
+    elif stage == "finetune":  # builds its run folder atomically, keeping the one there
+        kept: list[Path] = []
+        summary = finetune(recipe.finetune, ws.out("pretrain"), out, progress, kept.append)
+        note = _kept_note(kept[0] if kept else None)
         atomic_write_text(out / "settings.yaml", settings_yaml)
     else:
         # The folder appears under its name only when the stage succeeded.
@@ -329,7 +341,43 @@ def run_stage(
             "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         },
     )
-    return StageResult(stage, True, seconds, out, summary)
+    return StageResult(stage, True, seconds, out, summary, note)
+
+
+def _kept_note(kept: Path | None) -> str:
+    return f"the run trained before with other settings is kept as {kept}" if kept else ""
+
+
+def _put_back_kept(stage: str, key: str, out: Path) -> StageResult | None:
+    """A run kept aside by an earlier re-run whose settings and inputs are the ones asked for
+    now goes back under its name, instead of being trained again."""
+    for kept in runs.kept_runs(out):
+        summary = _saved_summary(stage, read_manifest(kept) or {})
+        if summary is not None and _intact(kept, key):
+            aside = runs.swap_in(kept, out)
+            note = f"put back the run kept as {kept} (trained with these settings)"
+            note += f"; {_kept_note(aside)}" if aside else ""
+            return StageResult(stage, False, 0.0, out, summary, note)
+    return None
+
+
+def _nothing_to_resume(recipe: Recipe, out: Path) -> StageResult | None:
+    """--resume of a run already at (or past) pretrain.max_steps: nothing is trained and
+    nothing is written (config.yaml and the manifest stay, so later stages stay done)."""
+    ckpts = runs.checkpoints(out)
+    if recipe.pretrain.resume != "auto" or not ckpts:
+        return None
+    step = int(runs.read_meta(ckpts[-1])["step"])
+    if step < recipe.pretrain.max_steps:
+        return None
+    why = (
+        f"{out} is at step {step}, pretrain.max_steps={recipe.pretrain.max_steps}: nothing to "
+        "resume, nothing changed (a larger pretrain.max_steps trains on)"
+    )
+    summary = _saved_summary("pretrain", read_manifest(out) or {})
+    if summary is None:  # an interrupted run: there is no summary to show
+        raise StageError(why)
+    return StageResult("pretrain", False, 0.0, out, summary, why)
 
 
 def run_pipeline(

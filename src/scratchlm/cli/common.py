@@ -94,3 +94,5 @@ def print_result(result: StageResult) -> None:
         f"{result.summary.headline()}",
         flush=True,
     )
+    if result.note:
+        print(f"  {'':<10} {result.note}", flush=True)
