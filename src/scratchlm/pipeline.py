@@ -312,7 +312,6 @@ def run_stage(
         # resume, the new run starts clean, and a trained one there is kept beside it.
         if recipe.pretrain.resume != "auto" and is_main_process():
             note = _kept_note(runs.keep_aside(out))
-        out.mkdir(parents=True, exist_ok=True)
         summary = RUNNERS[stage](recipe, ws, out, progress)
         if not is_main_process():  # under torchrun: rank 0 alone writes the manifest
             return StageResult(stage, True, round(time.time() - start, 2), out, summary)

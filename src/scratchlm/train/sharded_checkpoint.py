@@ -9,7 +9,8 @@
 
 DCP stores each tensor with its global shape and where every shard sits, so a checkpoint
 saved by N processes loads into M (2 -> 1, 1 -> 2, ...) and into any strategy whose
-parameter names match (ddp, fsdp and one process share names; tp splits attn.qkv in three).
+parameter names match (ddp, fsdp and one process share names; tp splits attn.qkv in three
+and SwiGLU's mlp.fc in two).
 A single-process checkpoint (no sharded/) resumes on N processes through the full-state path.
 """
 
@@ -25,7 +26,7 @@ import torch.nn as nn
 from scratchlm import runs
 from scratchlm.errors import StageError
 from scratchlm.io import publish_dir
-from scratchlm.train.distributed import Dist, barrier, fuse_qkv
+from scratchlm.train.distributed import Dist, barrier, fuse_split
 
 
 def is_sharded(ckpt: Path) -> bool:
@@ -77,7 +78,7 @@ def save_sharded(
         model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
     )
     if d.main:
-        full = fuse_qkv(full)
+        full = fuse_split(full)
         if model.cfg.tie_embeddings:  # stored once, as single-process checkpoints do
             full.pop("lm_head.weight", None)
         runs.write_checkpoint_files(tmp, step, full, meta, state)
