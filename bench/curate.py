@@ -24,15 +24,16 @@ import importlib.util
 import json
 import os
 import random
-import sys
 import tempfile
 import time
 from collections import Counter
 from pathlib import Path
 
+from baselines import SHARED_DATA, shared_data
+
 from scratchlm.config import DOCUMENT_STEPS, CurateSettings
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED = SHARED_DATA
 
 
 # --------------------------------------------------------------------------- the corpus
@@ -299,8 +300,7 @@ def main() -> None:
     p.add_argument("--dedup-docs", type=int, default=10000)
     p.add_argument("--scaling-docs", type=int, default=10000)
     args = p.parse_args()
-    if not SHARED.is_dir():
-        sys.exit(f"needs {SHARED} (Gutenberg and WikiText-2)")
+    shared_data("curate", "gutenberg", "wikitext-2")
     docs = build_corpus(args.docs)
     result = {
         "cpu_cores": os.cpu_count(),
