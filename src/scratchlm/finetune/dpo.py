@@ -161,14 +161,11 @@ def run(
     model.to(device)
     pad = tok.eot_id
     model.eval()
-    steps = total_steps(s, len(train_pairs))
-    order = EpochBatches(len(train_pairs), s.batch_size, s.seed)
-    # The reference scores of the pairs the run will see: a short run on a large set (50 steps
-    # of 8 pairs on 4,300) need not score them all.
-    seen = sorted({i for step in range(steps) for i in order(step)})
-    add_reference(model, [train_pairs[i] for i in seen] + val_pairs, pad, s.batch_size)
+    add_reference(model, train_pairs + val_pairs, pad, s.batch_size)
     if s.lora_rank:
         use_lora(model, s, vocab_params(model, added))
+    steps = total_steps(s, len(train_pairs))
+    order = EpochBatches(len(train_pairs), s.batch_size, s.seed)
     prompts = [[{"role": "user", "content": p}] for p in s.sample_prompts] or [
         p for p, _, _ in val[:2]
     ]
