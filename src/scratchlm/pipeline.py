@@ -344,7 +344,7 @@ def run_stage(
 
 
 def _kept_note(kept: Path | None) -> str:
-    return f"the run trained before with other settings is kept as {kept}" if kept else ""
+    return f"the run that was there is kept as {kept}" if kept else ""
 
 
 def _put_back_kept(stage: str, key: str, out: Path) -> StageResult | None:
