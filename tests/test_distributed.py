@@ -83,7 +83,9 @@ def launch(
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc)]
     cmd += ["--master-addr", "127.0.0.1", "--master-port", str(free_port()), *extra]
     cmd += [*target, *args]
-    env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent)}
+    # The tests folder (for conftest), before whatever PYTHONPATH chose the code under test.
+    path = os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")]))
+    env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": path}
     # The timeout turns a hang into a failure; it is not a speed requirement.
     return subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
 
@@ -171,6 +173,19 @@ def test_checkpoints_reshard_between_world_sizes(work):
         print(f"{name}: max relative loss difference after resuming {diff:.2e}")
         assert diff <= 1e-4
         assert_same_weights(work, name, atol=1e-5)
+
+
+def test_a_fixed_grad_accum_keeps_the_global_batch_on_fewer_processes(work):
+    # 2 fsdp ranks x grad_accum 2 x 4 sequences = 16 a step. Resumed in one process with the
+    # same grad_accum=2, that would be 8: grad_accum becomes 4 and the losses stay the single run's.
+    if not run_dir(work, "fsdp").exists():
+        launch(work, 2, "fsdp", "parallel.strategy=fsdp", "pretrain.grad_accum=2")
+    resumed_copy(work, "fsdp", "fixed-accum")
+    run_in_process(work, "fixed-accum", "pretrain.resume=auto", "pretrain.grad_accum=2")
+    ref, got = losses(work, "single"), losses(work, "fixed-accum")
+    assert max_rel_diff({k: ref[k] for k in got}, got) <= 1e-4
+    meta = runs.read_meta(runs.latest_checkpoint(run_dir(work, "fixed-accum")))
+    assert (meta["global_batch"], meta["data_parallel"]) == (16, 1)
 
 
 CRASHER = """

@@ -9,31 +9,44 @@
                                     adapter.safetensors  a LoRA fine-tune kept unmerged: the
                                                          adapters; meta.json names the base
                                     state.pt             training state (optimizer, data, RNG)
-                                    meta.json            step, validation loss, model settings
+                                    meta.json            step, validation loss, model settings,
+                                                         and the sha256 of every other file
           checkpoints/best.json     the checkpoint with the best validation loss
 
 Training, fine-tuning, serving, evaluation and export call the functions here, and none of them
 knows the layout. `load_model(path)` takes a run of ours or a Hugging Face GPT-2 / Llama folder
 (nanochat's checkpoint_manager, litgpt's from_checkpoint). A checkpoint folder is built under a
-temporary name and renamed when complete, so a folder named step_* is always whole.
+temporary name and renamed when complete, so a folder named step_* is always whole; the
+checksums in its meta.json then tell whether it is still as it was written. Readers take the
+newest intact checkpoint and say which newer ones they skipped and why (`intact_checkpoint`).
 """
 
 from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Sequence
+import warnings
+import zipfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from scratchlm.config import Recipe
 from scratchlm.errors import SettingsError, StageError
-from scratchlm.io import atomic_dir, atomic_write_json, atomic_write_text
+from scratchlm.io import (
+    atomic_dir,
+    atomic_write_json,
+    atomic_write_text,
+    checksum_problems,
+    file_checksums,
+    remove_leftovers,
+)
 from scratchlm.model.config import ModelConfig
 from scratchlm.model.gpt import GPT
 from scratchlm.model.heads import GPTClassifier
@@ -47,6 +60,8 @@ from scratchlm.tokenizer.tokenizer import Tokenizer, load_tokenizer
 CONFIG, TOKENIZER, METRICS, LABELS = "config.yaml", "tokenizer.json", "metrics.jsonl", "labels.json"
 CHECKPOINTS, BEST = "checkpoints", "best.json"
 WEIGHTS, ADAPTER, STATE, META = "model.safetensors", "adapter.safetensors", "state.pt", "meta.json"
+CHECKSUMS = "checksums"  # meta.json's {file: sha256} of every other file of the checkpoint
+__all__ = ["checksum_problems", "file_checksums"]  # also for the other owners of folders
 HF_CONFIG = "config.json"  # what marks a Hugging Face model folder
 
 
@@ -137,6 +152,71 @@ def read_meta(ckpt: Path) -> dict[str, Any]:
     return json.loads((ckpt / META).read_text())
 
 
+class DamagedCheckpointWarning(UserWarning):
+    """A checkpoint was skipped because its files are not as they were written."""
+
+
+def checkpoint_problem(ckpt: Path) -> str | None:
+    """Why `ckpt` cannot be used (meta.json missing or unreadable, a file missing or changed
+    since it was written), or None. A checkpoint saved before checksums existed gets the
+    checks its formats allow: a whole safetensors header, and state.pt's own zip CRCs."""
+    try:
+        meta = read_meta(ckpt)
+    except FileNotFoundError:
+        return f"it has no {META}"
+    except (OSError, ValueError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        return f"its {META} is unreadable ({e})"
+    step = int(ckpt.name.removeprefix("step_"))
+    if not isinstance(meta, dict) or meta.get("step") != step:
+        return f"its {META} does not describe step {step}"
+    if CHECKSUMS in meta:
+        problems = checksum_problems(ckpt, meta[CHECKSUMS])
+        return "; ".join(problems) if problems else None
+    return _format_problem(ckpt)
+
+
+def _format_problem(ckpt: Path) -> str | None:
+    """What the formats themselves can tell of a checkpoint saved before checksums existed:
+    a safetensors header that fits the file, and state.pt's zip CRCs."""
+    name = WEIGHTS
+    try:
+        if (ckpt / WEIGHTS).is_file():
+            with safe_open(str(ckpt / WEIGHTS), "pt") as f:
+                f.keys()
+        name = STATE
+        if has_training_state(ckpt) and (bad := zipfile.ZipFile(ckpt / STATE).testzip()):
+            return f"{STATE} is damaged ({bad} fails its CRC)"
+    except Exception as e:  # safetensors and zipfile raise several kinds for a damaged file
+        return f"{name} is damaged ({e})"
+    return None
+
+
+def intact_checkpoint(
+    run: Path,
+    warn: Callable[[str], None] | None = None,
+    usable: Callable[[Path], bool] | None = None,
+) -> Path:
+    """The newest checkpoint that is as it was written (and `usable`, when given); each newer
+    one skipped is named with what is wrong in a warning (`warn`; default: warnings.warn)."""
+    say = warn or (lambda text: warnings.warn(text, DamagedCheckpointWarning, stacklevel=3))
+    for ckpt in reversed(checkpoints(run)):
+        if usable is not None and not usable(ckpt):
+            continue
+        problem = checkpoint_problem(ckpt)
+        if problem is None:
+            return ckpt
+        say(f"skipped checkpoint {ckpt}: {problem}")
+    if not checkpoints(run):
+        raise StageError(f"{run} has no checkpoint: train it with `scratchlm pretrain` first")
+    raise StageError(f"{run}: no intact checkpoint (what is wrong with each is said above)")
+
+
+def clean_leftovers(run: Path) -> list[Path]:
+    """Remove what writes killed midway left in the run folder and its checkpoints/ (temporary
+    checkpoint folders, half-deleted ones, temporary files), except a live process's own."""
+    return remove_leftovers(run) + remove_leftovers(run / CHECKPOINTS)
+
+
 def write_meta(ckpt: Path, meta: dict[str, Any]) -> None:
     atomic_write_json(ckpt / META, meta)
 
@@ -177,7 +257,13 @@ def write_checkpoint_files(
     save_file({k: v.contiguous() for k, v in weights.items()}, str(folder / WEIGHTS))
     if state is not None:
         torch.save(state, folder / STATE)
-    (folder / META).write_text(json.dumps({"step": step, **meta}, indent=2))
+    _write_sealed_meta(folder, {"step": step, **meta})
+
+
+def _write_sealed_meta(folder: Path, meta: dict[str, Any]) -> None:
+    """meta.json, written last, with the checksum of every other file in the folder."""
+    sums = file_checksums(folder, skip={META})
+    (folder / META).write_text(json.dumps({**meta, CHECKSUMS: sums}, indent=2))
 
 
 def save_checkpoint(
@@ -210,8 +296,7 @@ def save_adapter(
     path = checkpoint_path(run, step)
     with atomic_dir(path) as tmp:
         save_lora(model, tmp / ADAPTER, also)
-        full_meta = {"step": step, "base": base | {"prefix": base_prefix}, **meta}
-        (tmp / META).write_text(json.dumps(full_meta, indent=2))
+        _write_sealed_meta(tmp, {"step": step, "base": base | {"prefix": base_prefix}, **meta})
     return path
 
 
@@ -299,7 +384,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
     Llama folder (config.json, e.g. from `scratchlm export hf`), with its tokenizer."""
     path = require_model_folder(path)
     if is_run(path):
-        ckpt = latest_checkpoint(path)
+        ckpt = intact_checkpoint(path)
         model = GPT(model_config(path))
         load_weights(model, ckpt)
         tokenizer: Tokenizer = load_tokenizer(path / TOKENIZER)
@@ -320,5 +405,5 @@ def load_classifier(run: str | Path) -> tuple[GPTClassifier, Tokenizer, list[str
         raise StageError(f"{run} is not a classification run (no {LABELS})")
     names = json.loads((run / LABELS).read_text())["labels"]
     model = GPTClassifier(GPT(model_config(run)), len(names))
-    load_weights(model, latest_checkpoint(run))
+    load_weights(model, intact_checkpoint(run))
     return model.eval(), load_tokenizer(run / TOKENIZER), names
