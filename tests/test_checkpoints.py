@@ -221,6 +221,23 @@ def test_a_global_batch_that_this_world_cannot_make_is_refused(tmp_path):
         resumed_grad_accum(PretrainSettings(batch_size=3), 1, tmp_path, saved)
 
 
+def test_a_metrics_line_cut_short_by_a_kill_does_not_stop_the_resume(tokens, tmp_path):
+    run = two_checkpoints(tokens, tmp_path)
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"step": 9, "loss": 4.')  # the line being written when the process died
+    summary = train(tokens, run, resumed(recipe_for(), max_steps=10))
+    assert summary.steps == 10
+    log = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if "loss" in r] == list(range(1, 11))
+
+
+def test_a_damaged_config_is_named(tokens, tmp_path):
+    run = two_checkpoints(tokens, tmp_path)
+    (run / runs.CONFIG).write_text("model: [unclosed\n")
+    with pytest.raises(StageError, match=r"config.yaml is damaged"):
+        runs.load_model(run)
+
+
 # --------------------------------------------------------------------------- nothing unpickled
 
 

@@ -156,3 +156,16 @@ def test_a_100_mb_class_document_is_dropped_in_bounded_memory(tmp_path):
     assert docs == [] and curation.account.drops["huge_document"] == 1
     assert curation.lengths["in"] == {"4194304-8388607": 1}  # 6,000,000 words, counted
     assert peak < 4 * size, f"peak {peak / 1e6:.0f} MB for a {size / 1e6:.0f} MB document"
+
+
+def test_a_damaged_curated_shard_is_named_not_skipped(tmp_path):
+    from scratchlm.data.curate import iter_curated
+    from scratchlm.errors import StageError
+
+    src = tmp_path / "a.jsonl"
+    src.write_bytes(jsonl(300))
+    run(tmp_path, src)
+    (shard,) = (tmp_path / "out").glob("docs_*")
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    with pytest.raises(StageError, match=f"{shard.name} is damaged"):
+        list(iter_curated(tmp_path / "out"))

@@ -128,6 +128,15 @@ def test_malformed_records_are_skipped_with_line_numbers(tmp_path):
     assert "no 'output' field" in loaded.skipped[1]
 
 
+def test_a_record_nested_too_deep_is_skipped_with_its_line(tmp_path):
+    nested = "[" * 100_000 + "]" * 100_000
+    good = {"instruction": "a", "output": "b"}
+    loaded = records.load(str(write_jsonl(tmp_path / "d.jsonl", [good, nested, good])), records.to_messages, "finetune.data")  # fmt: skip
+    assert len(loaded.examples) == 2 and [s.split(":")[0] for s in loaded.skipped] == ["line 2"]
+    with pytest.raises(StageError, match="not valid JSON"):
+        records.load(str(write_jsonl(tmp_path / "d.json", [nested])), records.to_messages, "x")
+
+
 def test_empty_or_missing_data_is_a_clear_error(tmp_path):
     with pytest.raises(StageError, match="no usable record .*line 1"):
         records.load(str(write_jsonl(tmp_path / "e.jsonl", ["[]"])), records.to_messages, "x")

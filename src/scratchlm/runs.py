@@ -106,7 +106,13 @@ def read_config(run: Path) -> dict[str, Any]:
     path = Path(run) / CONFIG
     if not path.is_file():
         raise StageError(f"{run} is not a run folder (no {CONFIG})")
-    return yaml.safe_load(path.read_text()) or {}
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise StageError(f"{path} is damaged (not YAML: {str(e).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise StageError(f"{path} is damaged (not a mapping of sections)")
+    return data
 
 
 def model_config(run: Path) -> ModelConfig:

@@ -314,16 +314,25 @@ def iter_curated(curated_dir: Path) -> Iterator[dict[str, Any]]:
     if not shards:
         raise StageError(f"{curated_dir} holds no docs_* shards: run `scratchlm curate` first")
     for shard in shards:
-        if shard.name.endswith(".parquet"):
-            import pyarrow.parquet as pq
+        try:
+            yield from _shard_documents(shard)
+        except Exception as e:  # a damaged shard of ours: say which, never skip it quietly
+            raise StageError(
+                f"{shard} is damaged ({type(e).__name__}: {e}): run `scratchlm curate` again"
+            ) from None
 
-            for batch in pq.ParquetFile(shard).iter_batches(batch_size=1024):
-                for row in batch.to_pylist():
-                    yield {"id": row["id"], "text": row["text"], "meta": json.loads(row["meta"])}
-            continue
-        with open_binary(shard) as f:
-            for line in f:
-                yield json.loads(line)
+
+def _shard_documents(shard: Path) -> Iterator[dict[str, Any]]:
+    if shard.name.endswith(".parquet"):
+        import pyarrow.parquet as pq
+
+        for batch in pq.ParquetFile(shard).iter_batches(batch_size=1024):
+            for row in batch.to_pylist():
+                yield {"id": row["id"], "text": row["text"], "meta": json.loads(row["meta"])}
+        return
+    with open_binary(shard) as f:
+        for line in f:
+            yield json.loads(line)
 
 
 def iter_curated_texts(curated_dir: Path) -> Iterator[str]:

@@ -85,7 +85,7 @@ class MetricsLog:
         """Keep the log up to `step` (what came after it is about to be redone), rebuild the
         history from it, and return the best validation loss it holds."""
         lines = self.path.read_text().splitlines() if self.path.is_file() else []
-        records = [r for r in (json.loads(line) for line in lines if line) if r["step"] <= step]
+        records = [r for r in map(_record, lines) if r is not None and r["step"] <= step]
         if self.main:
             atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in records))
         best = float("inf")
@@ -163,3 +163,12 @@ class MetricsLog:
         finally:
             for close in closers:
                 close()
+
+
+def _record(line: str) -> dict[str, Any] | None:
+    """One line of metrics.jsonl; None for a line a kill cut short (dropped on resume)."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) and isinstance(record.get("step"), int) else None
