@@ -63,7 +63,7 @@ class Checkpointer:
         trust_pickled: bool = False,
     ):
         self.run_dir, self.dist, self.keep_last = run_dir, dist, keep_last
-        self.resume_from, self.trust_pickled = resume_from, trust_pickled
+        self.trust_pickled = trust_pickled  # pretrain.trust_pickled_checkpoints
         self.last = resume_from  # the newest good checkpoint: resumed from, or saved since
 
     def latest(self) -> Path:

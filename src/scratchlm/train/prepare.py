@@ -37,14 +37,13 @@ def prepare_run(
         raise StageError(
             f"{tokens_dir} was made with another tokenizer than {tokenizer_path}: run `scratchlm tokenize` again"
         )
-    if write:  # what a kill during a save (or a pruning) left behind
-        runs.clean_leftovers(run_dir)
     resume_from = None
     if recipe.pretrain.resume == "auto":
         resume_from = resume_point(run_dir, None if write else (lambda text: None))
     if resume_from is not None:
         check_resumable(resume_from, cfg)
     if write:  # on several processes, rank 0 alone writes
+        runs.clean_leftovers(run_dir)  # what a kill during a save (or a pruning) left behind
         runs.write_config(run_dir, recipe)
         runs.save_tokenizer(run_dir, tokenizer_path)
     return recipe, resume_from
