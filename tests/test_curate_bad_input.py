@@ -13,6 +13,7 @@ import pytest
 import zstandard
 
 from scratchlm.data.curate import Curation, curate
+from scratchlm.data.report import CurateSummary
 from scratchlm.data.settings import CurateSettings
 
 SENTENCE = "The quick brown fox jumps over the lazy dog near the river bank today."
@@ -123,6 +124,7 @@ def test_what_is_not_a_file_is_counted_with_where_it_is(tmp_path):
         "symlink_loop": (2, [str(src / "loop1.txt"), str(src / "loop2.txt")]),
     }
     assert report["documents_in"] == 4  # a.jsonl's 3 and sub.txt/inner.txt
+    assert CurateSummary.from_report(report).headline().endswith("8 bad input (see report.md)")
     md = (tmp_path / "out" / "report.md").read_text()
     assert f"- blank_line: 2 ({src / 'a.jsonl'}:3, {src / 'a.jsonl'}:4)" in md
 

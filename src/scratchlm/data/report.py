@@ -18,14 +18,19 @@ class CurateSummary:
     documents_out: int
     chars_out: int
     dropped: dict[str, int]  # reason -> documents
+    bad_input: int = 0  # records, files and links that could not be read (report.md: where)
 
     def headline(self) -> str:
-        return f"{self.documents_in:,} documents in, {self.documents_out:,} kept"
+        bad = f", {self.bad_input:,} bad input (see report.md)" if self.bad_input else ""
+        return f"{self.documents_in:,} documents in, {self.documents_out:,} kept{bad}"
 
     @classmethod
     def from_report(cls, report: dict[str, Any]) -> CurateSummary:
         dropped = {reason: d["count"] for reason, d in report["dropped"].items()}
-        return cls(report["documents_in"], report["documents_out"], report["chars_out"], dropped)
+        bad = sum(b["count"] for b in report["bad_input"].values())
+        return cls(
+            report["documents_in"], report["documents_out"], report["chars_out"], dropped, bad
+        )
 
 
 def count_words(text: str, window: int = 1 << 20) -> int:

@@ -2,9 +2,10 @@
 
 A `Document` is the unit every later stage sees: an id that leads back to the input
 (`<file>#<position>`: a line number, a row, a WARC record), the text, and where it came from.
-Bad records (a malformed JSON line, a binary file, a line without the text field) are counted
-in `bad` and skipped; a source that does not exist at all is an error. Everything streams:
-memory holds one record (or one Parquet batch) at a time, whatever the input size.
+Bad input (a malformed JSON line, a binary or unreadable file, a line without the text field,
+a truncated file) is counted in `bad` with where it is (`file:line`) and skipped; a source that
+does not exist at all is an error. Finding and opening the files is inputs.py's. Everything
+streams: memory holds one record (or one Parquet batch) at a time, whatever the input size.
 
     .txt .md .rst          one document per file
     .jsonl[.gz|.zst]       one document per line, text in `text_field`
