@@ -200,6 +200,19 @@ def test_checkpoints_reshard_between_world_sizes(work):
         assert_same_weights(work, name, atol=1e-5)
 
 
+def test_a_fixed_grad_accum_keeps_the_global_batch_on_fewer_processes(work):
+    # 2 fsdp ranks x grad_accum 2 x 4 sequences = 16 a step. Resumed in one process with the
+    # same grad_accum=2, that would be 8: grad_accum becomes 4 and the losses stay the single run's.
+    if not run_dir(work, "fsdp").exists():
+        launch(work, 2, "fsdp", "parallel.strategy=fsdp", "pretrain.grad_accum=2")
+    resumed_copy(work, "fsdp", "fixed-accum")
+    run_in_process(work, "fixed-accum", "pretrain.resume=auto", "pretrain.grad_accum=2")
+    ref, got = losses(work, "single"), losses(work, "fixed-accum")
+    assert max_rel_diff({k: ref[k] for k in got}, got) <= 1e-4
+    meta = runs.read_meta(runs.latest_checkpoint(run_dir(work, "fixed-accum")))
+    assert (meta["global_batch"], meta["data_parallel"]) == (16, 1)
+
+
 CRASHER = """
 import os, sys
 from scratchlm.train.loop import Trainer

@@ -206,6 +206,9 @@ def test_malformed_lines_are_skipped_and_counted_and_an_empty_task_is_an_error(t
     path = write_lines(tmp_path / "t.jsonl", [good, "{not json", {"context": "x"}, good | {"answer": 5}, "", good])  # fmt: skip
     items, skipped = load_items(str(path))
     assert len(items) == 2 and skipped == [2, 3, 4]
+    nested = "[" * 100_000 + "]" * 100_000  # deeper than the JSON parser goes
+    items, skipped = load_items(str(write_lines(tmp_path / "n.jsonl", [good, nested, good])))
+    assert len(items) == 2 and skipped == [2]
     with pytest.raises(StageError, match=r"bad\.jsonl: no valid item \(1 malformed line\(s\), first at line 1\)"):  # fmt: skip
         load_items(str(write_lines(tmp_path / "bad.jsonl", ["[1, 2]"])))
     with pytest.raises(StageError, match="no such file"):

@@ -128,6 +128,15 @@ def test_malformed_records_are_skipped_with_line_numbers(tmp_path):
     assert "no 'output' field" in loaded.skipped[1]
 
 
+def test_a_record_nested_too_deep_is_skipped_with_its_line(tmp_path):
+    nested = "[" * 100_000 + "]" * 100_000
+    good = {"instruction": "a", "output": "b"}
+    loaded = records.load(str(write_jsonl(tmp_path / "d.jsonl", [good, nested, good])), records.to_messages, "finetune.data")  # fmt: skip
+    assert len(loaded.examples) == 2 and [s.split(":")[0] for s in loaded.skipped] == ["line 2"]
+    with pytest.raises(StageError, match="not valid JSON"):
+        records.load(str(write_jsonl(tmp_path / "d.json", [nested])), records.to_messages, "x")
+
+
 def test_empty_or_missing_data_is_a_clear_error(tmp_path):
     with pytest.raises(StageError, match="no usable record .*line 1"):
         records.load(str(write_jsonl(tmp_path / "e.jsonl", ["[]"])), records.to_messages, "x")
@@ -165,6 +174,34 @@ def test_sft_trains_saves_reloads_and_exports_with_its_template(base_run, tmp_pa
     x = torch.tensor([ids])
     with torch.no_grad():
         torch.testing.assert_close(hf(x).logits, model(x)[0], atol=1e-4, rtol=1e-4)
+
+
+def test_hf_generate_on_an_exported_chat_run_stops_where_our_chat_does(base_run, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    from scratchlm.config import GenerateSettings
+    from scratchlm.export.hf import export_run
+    from scratchlm.infer.chat import Chat
+
+    # Short replies, learned well: the model ends each one with <|end|>, not <|endoftext|>.
+    rows = [{"instruction": f"Question {i}?", "output": "Yes."} for i in range(40)]
+    out = tmp_path / "sft"
+    finetune(settings(data=str(write_jsonl(tmp_path / "yes.jsonl", rows)), max_steps=80, lr=1e-2), base_run, out, progress=False)  # fmt: skip
+    export_run(out, tmp_path / "hf")
+    gen = json.loads((tmp_path / "hf" / "generation_config.json").read_text())
+    loaded = runs.load_model(out)
+    tok, template = loaded.tokenizer, runs.saved_chat_template(out)
+    assert tok.special_tokens[template.end] in gen["eos_token_id"]
+
+    chat = Chat(loaded.model, tok, template, GenerateSettings(temperature=0, max_new_tokens=40))
+    ours, _ = chat.reply("Question 7?", lambda piece: None)
+    ids, _ = template.render(tok, [{"role": "user", "content": "Question 7?"}], add_generation_prompt=True)  # fmt: skip
+    room = loaded.model.cfg.block_size - len(ids)  # the chat's budget, too
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    with torch.no_grad():
+        generated = hf.generate(torch.tensor([ids]), do_sample=False, max_new_tokens=room)
+    new = generated[0, len(ids) :].tolist()
+    assert len(new) < room and new[-1] == tok.special_tokens[template.end]  # stopped at <|end|>
+    assert tok.decode(new[:-1]) == ours
 
 
 def test_lora_trains_only_adapters_and_merging_changes_nothing(base_run, tmp_path):

@@ -73,7 +73,13 @@ class PretrainSettings:
         2, "checkpoints kept (the best by validation loss is also kept)", min=1
     )
     resume: Literal["never", "auto"] = setting(
-        "never", "auto: continue from the run's latest checkpoint"
+        "never", "auto: continue from the run's newest intact checkpoint"
+    )
+    trust_pickled_checkpoints: bool = setting(
+        False,
+        "resume a sharded checkpoint that has no metadata.json (made elsewhere, or by an older "
+        "scratchlm) through DCP's pickle: this runs any code the folder holds, so only for "
+        "checkpoints you made",
     )
     seed: int = setting(1337, "seed for initialisation, data order and dropout")
     device: Literal["auto", "cpu", "cuda", "mps"] = setting("auto", "where to train")

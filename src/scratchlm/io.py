@@ -11,8 +11,9 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -112,12 +113,72 @@ def save_safetensors(
     os.chmod(path, 0o666 & ~_umask())
 
 
+def remove_dir(path: Path) -> None:
+    """Delete a folder; it leaves its name first, so a kill midway leaves a hidden leftover
+    (removed by `remove_leftovers`), never a half-deleted folder under its name."""
+    doomed = path.with_name(f".{path.name}.deleting-{os.getpid()}")
+    os.replace(path, doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
+LEFTOVER = re.compile(r"\..+\.(tmp|old|deleting)(-(\d+))?")  # the temporary names used here
+
+
+def remove_leftovers(folder: Path) -> list[Path]:
+    """Remove the temporary files and folders that writes killed midway left in `folder`
+    (.NAME.tmp-PID, .NAME.old-PID, .NAME.deleting-PID, .NAME.tmp), except those of a process
+    that is still running; returns what was removed."""
+    removed = []
+    for path in sorted(folder.glob(".*")) if folder.is_dir() else []:
+        m = LEFTOVER.fullmatch(path.name)
+        if not m or (m.group(3) and _running(int(m.group(3)))):
+            continue
+        shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
+
+
+def _running(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # our own leftovers are from before: nothing of ours is mid-write now
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def file_checksums(folder: str | os.PathLike, skip: Iterable[str] = ()) -> dict[str, str]:
+    """{path relative to `folder`: sha256} of every file under it, except the paths in `skip`.
+    Recorded when a folder is written, so a reader can tell that nothing in it changed."""
+    folder, skip = Path(folder), set(skip)
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    return {
+        rel: file_sha256(p) for p in files if (rel := p.relative_to(folder).as_posix()) not in skip
+    }
+
+
+def checksum_problems(folder: str | os.PathLike, expected: dict[str, str]) -> list[str]:
+    """What differs from the `expected` checksums under `folder`, one line per file (missing,
+    or changed: truncated, damaged or replaced); [] when every file is as it was written."""
+    problems = []
+    for rel, digest in expected.items():
+        path = Path(folder) / rel
+        if not path.is_file():
+            problems.append(f"{rel} is missing")
+        elif file_sha256(path) != digest:
+            problems.append(f"{rel} has changed since it was written (checksum mismatch)")
+    return problems
 
 
 def json_sha256(obj: Any) -> str:

@@ -29,9 +29,9 @@ from tqdm import tqdm
 
 from scratchlm.data.dedup import MinHasher, dedup_lines, exact_key, near_duplicate_clusters
 from scratchlm.data.ray_executor import ray_map
-from scratchlm.data.report import length_bin, write_reports
+from scratchlm.data.report import count_words, length_bin, write_reports
 from scratchlm.data.settings import CORPUS_STEPS, CurateSettings
-from scratchlm.data.sources import Document, iter_documents, open_binary
+from scratchlm.data.sources import BadInput, Document, iter_documents, open_binary
 from scratchlm.data.steps import ChunkResult, DocumentSteps
 from scratchlm.errors import StageError
 from scratchlm.io import atomic_open
@@ -124,7 +124,7 @@ class Curation:
         self.s, self.out, self.progress = s, out_dir, progress
         self.account = ChunkResult()
         self.account.funnel = {step: [0, 0, 0, 0] for step in s.steps}  # in recipe order
-        self.bad: Counter[str] = Counter()
+        self.bad = BadInput()
         self.stats: Counter[str] = Counter()
         # words per document, counted into power-of-two bins as documents pass (not kept)
         self.lengths: dict[str, Counter[str]] = {"in": Counter(), "out": Counter()}
@@ -137,7 +137,7 @@ class Curation:
                 return
             self.stats["documents_in"] += 1
             self.stats["chars_in"] += len(doc.text)
-            self.lengths["in"][length_bin(len(doc.text.split()))] += 1
+            self.lengths["in"][length_bin(count_words(doc.text))] += 1
             if s.max_doc_chars and len(doc.text) > s.max_doc_chars:
                 self.account.drop("huge_document", Document(doc.id, doc.text[:200], doc.meta))
                 continue
@@ -246,7 +246,7 @@ class Curation:
             shards.append({"file": name, "documents": len(batch), "chars": chars})
             self.stats["documents_out"] += len(batch)
             self.stats["chars_out"] += chars
-            self.lengths["out"].update(length_bin(len(d.text.split())) for d in batch)
+            self.lengths["out"].update(length_bin(count_words(d.text)) for d in batch)
         return shards
 
 
@@ -288,7 +288,7 @@ def curate(settings: CurateSettings, out_dir: Path, progress: bool = True) -> di
             leftover.unlink()
     if run.stats["documents_out"] == 0:
         reasons = (
-            ", ".join(f"{r}: {n}" for r, n in (run.account.drops + run.bad).most_common())
+            ", ".join(f"{r}: {n}" for r, n in (run.account.drops + run.bad.counts).most_common())
             or "no input documents"
         )
         raise StageError(
@@ -314,16 +314,25 @@ def iter_curated(curated_dir: Path) -> Iterator[dict[str, Any]]:
     if not shards:
         raise StageError(f"{curated_dir} holds no docs_* shards: run `scratchlm curate` first")
     for shard in shards:
-        if shard.name.endswith(".parquet"):
-            import pyarrow.parquet as pq
+        try:
+            yield from _shard_documents(shard)
+        except Exception as e:  # a damaged shard of ours: say which, never skip it quietly
+            raise StageError(
+                f"{shard} is damaged ({type(e).__name__}: {e}): run `scratchlm curate` again"
+            ) from None
 
-            for batch in pq.ParquetFile(shard).iter_batches(batch_size=1024):
-                for row in batch.to_pylist():
-                    yield {"id": row["id"], "text": row["text"], "meta": json.loads(row["meta"])}
-            continue
-        with open_binary(shard) as f:
-            for line in f:
-                yield json.loads(line)
+
+def _shard_documents(shard: Path) -> Iterator[dict[str, Any]]:
+    if shard.name.endswith(".parquet"):
+        import pyarrow.parquet as pq
+
+        for batch in pq.ParquetFile(shard).iter_batches(batch_size=1024):
+            for row in batch.to_pylist():
+                yield {"id": row["id"], "text": row["text"], "meta": json.loads(row["meta"])}
+        return
+    with open_binary(shard) as f:
+        for line in f:
+            yield json.loads(line)
 
 
 def iter_curated_texts(curated_dir: Path) -> Iterator[str]:

@@ -135,7 +135,7 @@ def _records(path: Path) -> list[tuple[int, Any]]:
             if line.strip():
                 try:
                     out.append((i, json.loads(line)))
-                except json.JSONDecodeError as e:
+                except (json.JSONDecodeError, RecursionError) as e:  # (nested too deep)
                     out.append((i, e))
     return out
 

@@ -7,7 +7,7 @@ project's machine: 24 GB/s against 13 GB/s; docs/LOG.md). HF GPT-2's Conv1D laye
 use (in, out); its LM head does not.
 
     prepare_for_generation(model)   # in place; the model then serves inference only
-    load_for_generation(path)       # a run or HF folder, loaded (runs.py) and prepared
+    load_for_generation(path)       # a run or HF folder, loaded (runs/) and prepared
 
 The results equal nn.Linear's up to float rounding (the sums run in another order).
 """
