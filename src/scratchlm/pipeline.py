@@ -30,6 +30,8 @@ import yaml
 
 from scratchlm import __version__
 from scratchlm.config import Recipe
+from scratchlm.data.benchmarks import benchmark_fingerprint, expand_specs
+from scratchlm.data.card import CARD, write_card
 from scratchlm.data.curate import curate, iter_curated_texts
 from scratchlm.data.report import CurateSummary
 from scratchlm.data.sources import fingerprint_sources
@@ -37,11 +39,12 @@ from scratchlm.device import resolve_device
 from scratchlm.errors import StageError
 from scratchlm.eval.evaluate import evaluate_path, input_files
 from scratchlm.eval.report import EvalSummary, write_report
+from scratchlm.eval.tasks import BUILTIN_TASKS
 from scratchlm.finetune.stage import finetune
 from scratchlm.finetune.summaries import FinetuneSummary, summary_from_dict
 from scratchlm.infer.generate import SampleSummary, before_after_samples
 from scratchlm.io import atomic_dir, atomic_write_json, atomic_write_text, file_sha256, json_sha256
-from scratchlm.tokenizer.shards import TokenizeSummary, tokenize_corpus
+from scratchlm.tokenizer.shards import TokenizeSummary, load_meta, tokenize_corpus
 from scratchlm.tokenizer.tokenizer import load_tokenizer
 from scratchlm.tokenizer.train import TokenizerSummary, train_tokenizer_stage
 from scratchlm.train.distributed import is_main_process
@@ -84,6 +87,9 @@ FOLDERS = {
     "eval": "eval",
 }
 MANIFEST = "manifest.json"
+# Not tracked in a manifest: settings.yaml is already in the key; the dataset card is a view of
+# report.json that `tokenize` rewrites with its token counts (data/card.py).
+UNTRACKED = (MANIFEST, "settings.yaml", CARD)
 # The command that runs each stage on its own (sample runs only inside `scratchlm run`).
 COMMANDS = {
     "curate": "curate",
@@ -162,7 +168,23 @@ def stage_key(stage: str, recipe: Recipe, ws: Workspace) -> str:
         payload["files"] = {str(p): file_sha256(p) for p in input_files(recipe.eval)}
     if stage == "curate":
         payload["sources"] = fingerprint_sources(recipe.curate.sources)
+        if "decontaminate" in recipe.curate.steps:  # an edited benchmark file re-runs curation
+            specs = [*recipe.curate.decontaminate_against, *decontamination_inputs(recipe)]
+            payload["benchmarks"] = {s: benchmark_fingerprint(s) for s in expand_specs(specs)}
     return json_sha256(payload)
+
+
+def decontamination_inputs(recipe: Recipe) -> list[str]:
+    """What the curate stage's decontaminate step checks besides curate.decontaminate_against:
+    the eval section's task files, and its held-out text when that is a file of another source
+    (the pipeline's own validation split is held out from the same documents already)."""
+    if "decontaminate" not in recipe.curate.steps:
+        return []
+    specs = [t for t in recipe.eval.tasks if t not in BUILTIN_TASKS]
+    heldout = Path(recipe.eval.heldout)
+    if recipe.eval.heldout and heldout.is_file() and heldout.suffix != ".bin":
+        specs.append(recipe.eval.heldout)
+    return specs
 
 
 def _settings(recipe: Recipe, section: str) -> dict[str, Any]:
@@ -185,9 +207,7 @@ def _content_hash(path: Path) -> str:
 
 def _outputs(out: Path) -> dict[str, dict[str, Any]]:
     """Every output file with its size and content hash (settings.yaml: already in the key)."""
-    files = sorted(
-        p for p in out.rglob("*") if p.is_file() and p.name not in (MANIFEST, "settings.yaml")
-    )
+    files = sorted(p for p in out.rglob("*") if p.is_file() and p.name not in UNTRACKED)
     return {
         str(p.relative_to(out)): {"size": p.stat().st_size, "sha256": _content_hash(p)}
         for p in files
@@ -216,7 +236,23 @@ class Summary(Protocol):
 
 
 def _run_curate(recipe: Recipe, ws: Workspace, out: Path, progress: bool) -> CurateSummary:
-    return CurateSummary.from_report(curate(recipe.curate, out, progress))
+    report = curate(recipe.curate, out, progress, decontamination_inputs(recipe))
+    return CurateSummary.from_report(report)
+
+
+def refresh_card(recipe: Recipe, ws: Workspace) -> None:
+    """Rewrite the curated folder's dataset card, with the token counts of the token shards
+    when they were made from this curated output (a fresh tokenize stage)."""
+    curated = ws.out("curate")
+    if not (curated / "report.json").is_file():
+        return
+    tokens = None
+    try:
+        if is_fresh("tokenize", stage_key("tokenize", recipe, ws), ws):
+            tokens = load_meta(ws.out("tokenize"))
+    except StageError:  # no tokenizer or curate manifest yet: no token counts
+        pass
+    write_card(curated, tokens)
 
 
 def _run_tokenizer(recipe: Recipe, ws: Workspace, out: Path, progress: bool) -> TokenizerSummary:
@@ -329,6 +365,8 @@ def run_stage(
             "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         },
     )
+    if stage in ("curate", "tokenize"):
+        refresh_card(recipe, ws)
     return StageResult(stage, True, seconds, out, summary)
 
 
