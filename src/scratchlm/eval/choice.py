@@ -16,6 +16,9 @@ Loaders turn the public files of the standard benchmarks into items with lm-eval
     piqa       {"goal", "sol1", "sol2", "label"} (or labels in a sibling <name>-labels.lst)
     mmlu       {"question", "choices", "answer"} JSONL, or the original CSV rows
     mc         {"context", "choices", "answer"}: any task of your own
+
+The files are read by data/benchmarks.py, which curation's decontamination shares: each Item
+also keeps its own words (question and answer), for the check against the training data.
 """
 
 from __future__ import annotations
@@ -135,7 +138,7 @@ def load_items(spec: str) -> tuple[list[Item], list[int]]:
                 rec = rec | {"label": labels[n]}
             kind = detect_format(rec) if fmt == "auto" else fmt
             item = FORMATS[kind](rec)
-            item.source_text = item_text(rec, kind)
+            item.source_text = item_text(rec, kind)  # the same fields: it cannot fail here
             if not item.choices or not 0 <= item.answer < len(item.choices):
                 raise ValueError("answer index out of range")
             items.append(item)

@@ -45,7 +45,7 @@ def _tokens(folder: Path, tok: Tokenizer) -> TrainingText:
         for k, ids in enumerate(shard_documents(folder, tok, "train"), start=1):
             yield f"{folder}/train#{k}", tok.decode(ids)
 
-    return TrainingText(f"{folder} (train split, decoded with the run's tokenizer)", documents)
+    return TrainingText(f"the train split of {folder}, decoded with the run's tokenizer", documents)
 
 
 def _curated(folder: Path) -> TrainingText:
@@ -53,7 +53,7 @@ def _curated(folder: Path) -> TrainingText:
         for doc in iter_curated(folder):
             yield doc["id"], doc["text"]
 
-    return TrainingText(f"{folder} (curated documents: train and validation)", documents)
+    return TrainingText(f"the curated documents of {folder}, validation split included", documents)
 
 
 def _sources(spec: str) -> TrainingText:

@@ -90,9 +90,10 @@ def _overlap(result: dict[str, Any]) -> list[str]:
     if not o:
         return []
     if "skipped" in o:
-        return ["", f"Overlap with the training data: {o['skipped']}."]
-    lines = ["", f"Overlap with the training data ({o['documents']:,} documents of {o['train_data']}): "
-             + ", ".join(f"{n} {t['overlapping']}/{t['items']} items" for n, t in o["tasks"].items())]  # fmt: skip
+        return ["", f"Items seen in training: {o['skipped']}."]
+    counts = ", ".join(f"{n} {t['overlapping']} of {t['items']}" for n, t in o["tasks"].items())
+    lines = ["", f"Items seen in training ({o['ngram']}-word overlap with {o['train_data']}, "
+             f"{o['documents']:,} documents): {counts}."]  # fmt: skip
     for name, t in o["tasks"].items():
         if t["overlapping"]:
             lines.append(f"\n**Warning**: {_warning(name, t, o)}.")
