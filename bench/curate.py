@@ -376,7 +376,7 @@ def ngram_index(items: list[tuple[str, str]], docs: list[str], n: int) -> tuple[
     """Ours, the decontaminate step's core: NGramIndex.scan on chunks of 64 documents.
     Returns {flagged document: the first shared n-gram}, the seconds of the scan, the n-grams."""
     from scratchlm.data.benchmarks import Benchmark
-    from scratchlm.data.decontaminate import NGramIndex
+    from scratchlm.data.ngrams import NGramIndex
 
     index = NGramIndex([Benchmark("items", [f"{q} {g}" for q, g in items])], n)
     start = time.perf_counter()

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from scratchlm.config import CurateSettings
 from scratchlm.data.benchmarks import load_benchmark
 from scratchlm.data.curate import curate, iter_curated
-from scratchlm.data.decontaminate import NGramIndex, normalize_words, word_spans
+from scratchlm.data.ngrams import NGramIndex, normalize_words, word_spans
 from scratchlm.errors import StageError
 
 # 18 words that no filler text uses: an item, and documents with some of it planted
@@ -82,7 +82,7 @@ def test_fast_normalisation_equals_the_definition_and_its_spans(text):
 
 
 def test_words_are_hashed_as_their_bytes_say():
-    from scratchlm.data.decontaminate import hash_words
+    from scratchlm.data.ngrams import hash_words
 
     w = hash_words(["the cat sat", "", "on the mat, the cat!"])
     assert w.all_words() == ["the", "cat", "sat", "on", "the", "mat", "the", "cat"]
@@ -147,10 +147,10 @@ def test_a_collision_of_keys_is_not_a_match(monkeypatch):
     # Multipliers of 0 give every n-gram the same key: only the word-by-word check decides.
     import numpy as np
 
-    from scratchlm.data import decontaminate
+    from scratchlm.data import ngrams
     from scratchlm.data.benchmarks import Benchmark
 
-    monkeypatch.setattr(decontaminate, "_multipliers", lambda n: np.zeros(n, np.uint64))
+    monkeypatch.setattr(ngrams, "_multipliers", lambda n: np.zeros(n, np.uint64))
     index = NGramIndex([Benchmark("b", [ITEM])], 13)
     other = "plants take in from the air to build sugars during photosynthesis in dim light"
     found_other, found_item = index.scan([other, "So: " + ITEM])

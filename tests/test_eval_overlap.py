@@ -9,7 +9,7 @@ import torch
 
 from scratchlm import runs
 from scratchlm.cli import main
-from scratchlm.data.decontaminate import normalize_words
+from scratchlm.data.ngrams import normalize_words
 from scratchlm.eval.perplexity import shard_documents
 
 
