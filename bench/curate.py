@@ -333,7 +333,7 @@ def decont_corpus(
     docs = [a for a in wikitext_articles() if len(a.split()) > 100][: n // 5]
     for book in sorted((SHARED / "gutenberg").glob("*.txt")):
         words = strip_gutenberg(book.read_text(encoding="utf-8", errors="replace"))[0].split()
-        docs += [" ".join(words[i : i + 500]) for i in range(0, len(words) - 499, 5000)]
+        docs += [" ".join(words[i : i + 500]) for i in range(0, len(words) - 499, 1000)]
         if len(docs) >= n:
             break
     docs = docs[:n]
