@@ -218,6 +218,15 @@ class EvalSettings:
     every_steps: int = setting(
         0, "pretraining: score the tasks every N steps into metrics.jsonl (0 = off)", min=0
     )
+    train_data: str = setting(
+        "",
+        "training text whose overlap with the tasks' items is checked ('' = the train split of "
+        "<work>/tokens beside the run, else <work>/curated; none = no check; or a tokens folder, "
+        "curated folder or source files)",
+    )
+    overlap_ngram: int = setting(
+        13, "words an item must share with the training text in a row to count as seen", min=3
+    )
 
 
 @dataclass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,14 @@ from scratchlm.config import EvalSettings
 from scratchlm.device import resolve_device
 from scratchlm.errors import SettingsError, StageError
 from scratchlm.eval.evaluate import evaluate_path
-from scratchlm.eval.report import compare, compare_markdown, markdown, read_report, write_report
+from scratchlm.eval.report import (
+    compare,
+    compare_markdown,
+    markdown,
+    overlap_warnings,
+    read_report,
+    write_report,
+)
 
 
 def add_parsers(sub: Any) -> None:
@@ -82,3 +90,5 @@ def cmd_eval(args: argparse.Namespace) -> None:
     result = _evaluated(run, args, reuse=False)
     print(markdown(result), end="")
     print(f"\n{run / 'eval.json'}\n{run / 'eval.md'}")
+    for warning in overlap_warnings(result):
+        print(f"scratchlm: warning: {warning}", file=sys.stderr)

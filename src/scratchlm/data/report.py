@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,6 +79,7 @@ def write_reports(
         "documents_out": run.stats["documents_out"],
         "chars_in": run.stats["chars_in"],
         "chars_out": run.stats["chars_out"],
+        "bytes_out": run.stats["bytes_out"],  # UTF-8 bytes of the kept texts
         "steps": list(settings.steps),
         "funnel": funnel,
         "dropped": {
@@ -91,6 +93,9 @@ def write_reports(
         "near_duplicate_cluster_sizes": {str(k): n for k, n in sorted(run.clusters.items())},
         "shards": shards,
         "seconds": seconds,
+        "sources": run.sources.to_dict(),
+        "decontamination": run.decontamination.report() if run.decontamination else None,
+        "settings": dataclasses.asdict(settings),
     }
     atomic_write_json(out / "report.json", report)
     atomic_write_text(out / "report.md", markdown(report))
@@ -138,11 +143,26 @@ def markdown(r: dict[str, Any]) -> str:
     ):
         if r[key]:
             lines += ["", f"## {title}", ""] + [f"- {k}: {v:,}" for k, v in r[key].items()]
+    lines += _decontamination(r.get("decontamination"))
     lines += ["", "## Words per document", "", "| words | in | out |", "| --- | ---: | ---: |"]
     hist = r["words_per_document"]
     for b in sorted(set(hist["in"]) | set(hist["out"]), key=lambda k: int(k.split("-")[0])):
         lines.append(f"| {b} | {hist['in'].get(b, 0):,} | {hist['out'].get(b, 0):,} |")
     return "\n".join(lines) + "\n"
+
+
+def _decontamination(d: dict[str, Any] | None) -> list[str]:
+    if not d:
+        return []
+    lines = ["", f"## Decontamination ({d['ngram']}-word overlap with benchmark items)", "",
+             "| benchmark | items | too short | documents touched | items touched |",
+             "| --- | ---: | ---: | ---: | ---: |"]  # fmt: skip
+    for name, b in d["benchmarks"].items():
+        lines.append(f"| {name} | {b['items']:,} | {b['items_too_short']:,} | {b['documents']:,} | {b['items_touched']:,} |")  # fmt: skip
+    for name, b in d["benchmarks"].items():
+        for ex in b["examples"]:
+            lines.append(f"- {name}: `{ex['id']}` shares \"{ex['ngram']}\" with item {ex['item_position']}: {ex['item'][:120]}")  # fmt: skip
+    return lines
 
 
 def plot_funnel(r: dict[str, Any], path: Path) -> None:

@@ -57,11 +57,12 @@ class Document:
 
 
 def _pydoc_documents() -> Iterator[Document]:
-    for name in sorted(topics):
+    # position: a number, as for every other source (a column of one type, for Arrow readers)
+    for i, name in enumerate(sorted(topics), start=1):
         yield Document(
             f"pydoc_data/topics.py#{name}",
             topics[name],
-            {"source": "builtin:pydoc", "position": name},
+            {"source": "builtin:pydoc", "position": i},
         )
 
 

@@ -16,6 +16,7 @@ from scratchlm import runs
 from scratchlm.config import EvalSettings
 from scratchlm.errors import StageError
 from scratchlm.eval.choice import Item, load_items, score_items
+from scratchlm.eval.overlap import TrainingText, overlap, training_text
 from scratchlm.eval.perplexity import (
     effective_stride,
     heldout_documents,
@@ -108,8 +109,10 @@ def evaluate(
     s: EvalSettings,
     heldout: list[list[int]] | None = None,
     tasks: list[str] | None = None,
+    train: TrainingText | str | None = None,
 ) -> dict[str, Any]:
-    """Perplexity on `heldout` documents (token ids) and accuracy on each task."""
+    """Perplexity on `heldout` documents (token ids) and accuracy on each task; with `train`
+    (the run's training text, or why it is not checked), which tasks' items it holds."""
     was_training = model.training
     model.eval()
     result: dict[str, Any] = {"settings": {k: v for k, v in vars(s).items()}}
@@ -123,6 +126,7 @@ def evaluate(
         [tok.decode(d) for d in heldout] if heldout and set(specs) & set(BUILTIN_TASKS) else None
     )
     result["tasks"] = {}
+    scored: dict[str, list[Item]] = {}
     for spec in specs:
         try:
             items, skipped = task_items(spec, texts, s)
@@ -130,11 +134,16 @@ def evaluate(
             result.setdefault("skipped_tasks", {})[spec] = str(e)
             continue
         items, unencodable = _encodable(items, tok, spec)
+        scored[spec] = items
         result["tasks"][spec] = task_result(model, tok, items, s) | {
             "skipped_lines": len(skipped),
             "first_skipped": skipped[:10],
             "unencodable_items": unencodable,
         }
+    if isinstance(train, TrainingText) and scored:
+        result["overlap"] = overlap(scored, train, s.overlap_ngram)
+    elif isinstance(train, str):
+        result["overlap"] = {"skipped": train}
     model.train(was_training)
     return result
 
@@ -158,7 +167,8 @@ def evaluate_path(
     if not sources and (found := default_heldout(path)) is not None:
         sources = [found]
     docs = [d for src in sources for d in heldout_documents(src, tok)]
-    result = evaluate(model, tok, s, docs or None, tasks)
+    train = training_text(path, s.train_data, tok)
+    result = evaluate(model, tok, s, docs or None, tasks, train)
     result["model"] = {
         "path": str(path),
         "checkpoint": loaded.checkpoint,
