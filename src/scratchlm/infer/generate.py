@@ -97,6 +97,8 @@ def _read(model: GPT, rows: list[Row], cache_room: int) -> tuple[KVCache | None,
     cache = None
     if cache_room > 0:
         dtype = next(model.parameters()).dtype
+        if torch.is_autocast_enabled(device.type):  # keys and values come out in its dtype
+            dtype = torch.get_autocast_dtype(device.type)
         cache = KVCache(model.cfg, len(rows), T + cache_room, device=device, dtype=dtype)
     h = model.hidden_states(idx, cache, None if bool(mask.all()) else mask)
     return cache, model.head(h[:, -1])
