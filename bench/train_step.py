@@ -61,8 +61,8 @@ def ours_step(model, opt, x, y, device, dtype) -> None:
     with autocast(device, dtype):
         _, loss = model(x, y)
     loss.backward()
-    clip_grad_norm(list(model.parameters()), 1.0)  # reads the norm back, as the loop does
-    loss.item()  # the loop's finiteness check and log line
+    clip_grad_norm(list(model.parameters()), 1.0)  # reads the norm back: the loop's one wait
+    loss.item()  # then the loss, for the finiteness check and the log line
     opt.step()
     opt.zero_grad()
 

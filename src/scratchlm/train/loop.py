@@ -186,8 +186,8 @@ class Trainer:
         """One optimizer step over `grad_accum` micro-batches: (mean loss, gradient norm).
         A non-finite loss or gradient skips the update (on_nonfinite=skip) or stops the run."""
         self.optimizer.set_lr_scale(lr_scale(self.step, self.s))
-        # The losses stay on the device until the step is done: one wait for the GPU per
-        # step, not one per micro-batch (.item() waits for everything queued before it).
+        # The losses stay on the device: the step waits for the GPU once, when the gradient
+        # norm is read (.item() waits for all the work queued before it), not per micro-batch.
         loss_sum = torch.zeros((), device=self.device)
         for micro in range(self.grad_accum):
             x, y = self.train_data.next_batch(self.s.batch_size)
@@ -197,6 +197,8 @@ class Trainer:
                     _, loss = self.forward(x, y)
                 (loss / self.grad_accum).backward()  # mean over micro-batches = the big batch's
             loss_sum += loss.detach()
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        norm = distributed.clip_grad_norm(params, self.s.grad_clip or math.inf)
         if self.dist.enabled:  # every rank must stop at the same step, or the others hang
             loss, signalled, late = distributed.reduce_step_stats(
                 self.dist,
@@ -207,8 +209,6 @@ class Trainer:
             self.agreed_stop = (self.stop_signal or "a signal" if signalled else None, late)
         else:
             loss = loss_sum.item() / self.grad_accum
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        norm = distributed.clip_grad_norm(params, self.s.grad_clip or math.inf)
         if not (math.isfinite(loss) and math.isfinite(norm)):
             self.optimizer.zero_grad()
             what = f"loss {loss}, gradient norm {norm} at step {self.step}"
