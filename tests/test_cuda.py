@@ -31,7 +31,7 @@ from serving import running_server
 from scratchlm import runs
 from scratchlm.config import GenerateSettings, ModelConfig, PretrainSettings, Recipe
 from scratchlm.device import autocast_for, rng_state, set_rng_state
-from scratchlm.infer.generate import complete
+from scratchlm.infer.generate import complete, sample
 from scratchlm.infer.layout import load_for_generation
 from scratchlm.model.gpt import GPT
 from scratchlm.pipeline import Workspace, run_stage
@@ -345,6 +345,12 @@ def test_generation_on_cuda_equals_the_cpu_greedy_text_in_float32(tiny_run):
     bf16 = load_for_generation(tiny_run, CUDA, torch.bfloat16)
     rows = complete(bf16.model, bf16.tokenizer, PROMPTS, greedy(8))
     assert all(r.finish_reason in ("stop", "length") for r in rows)
+    # tensor in, tensor out, seeded by a generator of the GPU's own
+    idx = torch.tensor([gpu.tokenizer.encode("The ")], device=CUDA)
+    draws = [
+        sample(gpu.model, idx, 8, generator=torch.Generator(CUDA).manual_seed(3)) for _ in range(2)
+    ]
+    assert draws[0].is_cuda and torch.equal(draws[0], draws[1])
 
 
 def test_the_server_answers_on_cuda(tiny_run):

@@ -211,7 +211,9 @@ def sample(
     """Tensor in, tensor out: `idx` (B, T), rows left-padded where `attention_mask` is False,
     with `max_new_tokens` tokens appended to each row (no stop token; temperature 0 is greedy).
     A `generator` seeds every row alike."""
-    seed = int(torch.randint(2**62, (1,), generator=generator)) if generator else None
+    seed = None
+    if generator is not None:  # a GPU's generator draws on its own device
+        seed = int(torch.randint(2**62, (1,), generator=generator, device=generator.device))
     rows = [
         Row(
             idx[i][attention_mask[i].bool()].tolist()
