@@ -52,9 +52,9 @@ def autocast_for(device: torch.device) -> contextlib.AbstractContextManager:
 
 
 def to_device(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """A CPU batch on `device`. To a GPU it goes through pinned memory without blocking: a
-    copy from ordinary (pageable) memory first waits for all the GPU's queued work, which
-    would stall the CPU once per micro-batch instead of letting it queue the next one."""
+    """A CPU batch on `device`. To a GPU it goes from pinned memory without blocking: a
+    blocking copy (`.to(device)`) returns only once the GPU has finished all the work queued
+    before it, a stall per micro-batch where the CPU could be queueing the next one."""
     if device.type != "cuda":
         return batch.to(device)
     return batch.pin_memory().to(device, non_blocking=True)
