@@ -9,6 +9,7 @@ from typing import Any
 
 from scratchlm import runs
 from scratchlm.cli.common import FORMATTER, FROM_RUN, add_set, generate_settings, settings_help
+from scratchlm.device import resolve_device, resolve_dtype
 from scratchlm.errors import SettingsError, StageError
 from scratchlm.infer.batch import generate_file, read_prompts
 from scratchlm.infer.chat import Chat, run_chat
@@ -44,6 +45,7 @@ def add_parsers(sub: Any) -> None:
         "--batch-size", type=int, default=8, help="with --input: prompts generated together"
     )
     add_set(p, "generate.temperature=0.5")
+    add_device_args(p)
     p.set_defaults(handler=cmd_generate)
 
     desc = "Chat with a model in the terminal (/system TEXT, /reset, /exit)"
@@ -57,6 +59,7 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("run", help="a run folder or an HF model folder")
     p.add_argument("--system", metavar="TEXT", help="a system message to start with")
     add_set(p, "generate.temperature=0.5")
+    add_device_args(p)
     p.set_defaults(handler=cmd_chat)
 
     desc = "Serve a model: OpenAI-compatible API (/v1/completions, /v1/chat/completions) and a chat page"
@@ -74,20 +77,39 @@ def add_parsers(sub: Any) -> None:
     )
     p.add_argument("--max-batch", type=int, default=8, help="requests generated together")
     p.add_argument("--model-name", help="the model id clients use (default: the folder's name)")
+    add_device_args(p)
     p.set_defaults(handler=cmd_serve)
+
+
+def add_device_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--device", default="auto", help="cpu, cuda, mps or auto (default: cuda if there is one)"
+    )
+    p.add_argument(
+        "--dtype",
+        default="auto",
+        help="float32, bfloat16, float16 or auto (default: bfloat16 on CUDA, else float32)",
+    )
+
+
+def load(args: argparse.Namespace) -> runs.LoadedModel:
+    """The model to generate with, on the device and in the dtype the command line names."""
+    device = resolve_device(args.device, f"{args.command} --device")
+    dtype = resolve_dtype(args.dtype, device, f"{args.command} --dtype")
+    return load_for_generation(args.run, device, dtype)
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
     settings = generate_settings(args.run, args.overrides, "generate")
     if args.input:
         prompts = read_prompts(Path(args.input))
-        loaded = load_for_generation(args.run)
+        loaded = load(args)
         generate_file(
             loaded.model, loaded.tokenizer, prompts, settings, args.output, args.batch_size
         )
         return
     prompts = args.prompt or settings.prompts
-    loaded = load_for_generation(args.run)
+    loaded = load(args)
     for prompt in prompts:
         print(prompt, end="", flush=True)
         for piece in stream_text(loaded.model, loaded.tokenizer, prompt, settings):
@@ -99,7 +121,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
 def cmd_chat(args: argparse.Namespace) -> None:
     settings = generate_settings(args.run, args.overrides, "chat")
-    loaded = load_for_generation(args.run)
+    loaded = load(args)
     template = runs.chat_template(args.run, loaded.tokenizer)
     if template is None:
         raise StageError(
@@ -115,6 +137,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         raise SettingsError("serve: --max-tokens and --max-batch must be at least 1")
     name = args.model_name or folder.resolve().name
     key = args.api_key or os.environ.get(API_KEY_ENV) or None
-    serve(
-        str(folder), args.host, args.port, ServeOptions(name, key, args.max_tokens, args.max_batch)
-    )
+    device = resolve_device(args.device, "serve --device")
+    dtype = resolve_dtype(args.dtype, device, "serve --dtype")
+    options = ServeOptions(name, key, args.max_tokens, args.max_batch, device=device, dtype=dtype)
+    serve(str(folder), args.host, args.port, options)

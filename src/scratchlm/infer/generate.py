@@ -97,6 +97,8 @@ def _read(model: GPT, rows: list[Row], cache_room: int) -> tuple[KVCache | None,
     cache = None
     if cache_room > 0:
         dtype = next(model.parameters()).dtype
+        if torch.is_autocast_enabled(device.type):  # keys and values come out in its dtype
+            dtype = torch.get_autocast_dtype(device.type)
         cache = KVCache(model.cfg, len(rows), T + cache_room, device=device, dtype=dtype)
     h = model.hidden_states(idx, cache, None if bool(mask.all()) else mask)
     return cache, model.head(h[:, -1])
@@ -209,7 +211,9 @@ def sample(
     """Tensor in, tensor out: `idx` (B, T), rows left-padded where `attention_mask` is False,
     with `max_new_tokens` tokens appended to each row (no stop token; temperature 0 is greedy).
     A `generator` seeds every row alike."""
-    seed = int(torch.randint(2**62, (1,), generator=generator)) if generator else None
+    seed = None
+    if generator is not None:  # a GPU's generator draws on its own device
+        seed = int(torch.randint(2**62, (1,), generator=generator, device=generator.device))
     rows = [
         Row(
             idx[i][attention_mask[i].bool()].tolist()

@@ -7,7 +7,7 @@ project's machine: 24 GB/s against 13 GB/s; docs/LOG.md). HF GPT-2's Conv1D laye
 use (in, out); its LM head does not.
 
     prepare_for_generation(model)   # in place; the model then serves inference only
-    load_for_generation(path)       # a run or HF folder, loaded (runs/) and prepared
+    load_for_generation(path, device, dtype)   # a run or HF folder, loaded (runs/), prepared
 
 The results equal nn.Linear's up to float rounding (the sums run in another order).
 """
@@ -53,8 +53,14 @@ def prepare_for_generation(model: nn.Module) -> nn.Module:
     return model.eval()
 
 
-def load_for_generation(path: str | Path) -> runs.LoadedModel:
-    """A run folder or HF folder's model, laid out for generation, with its tokenizer."""
-    loaded = runs.load_model(path)
+def load_for_generation(
+    path: str | Path,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> runs.LoadedModel:
+    """A run folder or HF folder's model on `device` in `dtype` (generation's KV cache takes
+    the weights' dtype), laid out for generation, with its tokenizer."""
+    loaded = runs.load_model(path, device)
+    loaded.model.to(dtype)
     prepare_for_generation(loaded.model)
     return loaded

@@ -20,10 +20,11 @@ import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from typing import Annotated, Any, Literal
 
+import torch
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
@@ -50,6 +51,8 @@ class ServeOptions:
     max_batch: int = 8  # rows generated together
     max_queue: int = 256  # requests waiting beyond that get a 429
     max_body_bytes: int = 1 << 20  # a larger request body gets a 413, unread
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    dtype: torch.dtype = torch.float32
 
 
 class APIError(Exception):
@@ -209,6 +212,7 @@ def create_app(
         return {
             "status": "ok",
             "model": options.model_name,
+            "device": str(next(model.parameters()).device),
             "queued": engine.jobs.qsize(),
             **engine.stats,
         }
@@ -324,7 +328,7 @@ def serve(path: str, host: str, port: int, options: ServeOptions) -> None:
     """`scratchlm serve`: load the model and run the server until Ctrl-C."""
     import uvicorn
 
-    loaded = load_for_generation(path)
+    loaded = load_for_generation(path, options.device, options.dtype)
     template = runs.chat_template(path, loaded.tokenizer)
     app = create_app(loaded.model, loaded.tokenizer, options, template)
     where = f"http://{host}:{port}"

@@ -110,6 +110,15 @@ def check_settings(
         )
 
 
+def backend_for(p: ParallelSettings, device: torch.device) -> str:
+    """NCCL on CUDA, gloo on CPU. With cpu_offload the gradients live in CPU memory, and
+    NCCL moves only GPU tensors: their norm (for clipping) is summed over gloo (torchtitan)."""
+    backend = p.backend if p.backend != "auto" else ("nccl" if device.type == "cuda" else "gloo")
+    if backend == "nccl" and p.cpu_offload:
+        return "cuda:nccl,cpu:gloo"
+    return backend
+
+
 def setup(p: ParallelSettings, device: torch.device) -> tuple[Dist, torch.device]:
     """Join the process group torchrun prepared and build the mesh; (Dist(), device) alone."""
     if not launched():
@@ -122,7 +131,7 @@ def setup(p: ParallelSettings, device: torch.device) -> tuple[Dist, torch.device
     if device.type == "cuda":
         torch.cuda.set_device(local_rank)
         device = torch.device("cuda", local_rank)
-    backend = p.backend if p.backend != "auto" else ("nccl" if device.type == "cuda" else "gloo")
+    backend = backend_for(p, device)
     # The timeout bounds how long a rank waits for one that died: the job stops, not hangs.
     timeout = timedelta(seconds=p.timeout)
     attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
@@ -267,18 +276,28 @@ def apply_tp(model: nn.Module, mesh: Any) -> None:
         model.lm_head.weight = model.wte.weight
 
 
-def apply_fsdp(model: nn.Module, mesh: Any, p: ParallelSettings, device: torch.device) -> None:
-    """FSDP2: each block is one unit (gathered just before it runs, freed after), the root
-    holds the rest (embeddings, final norm, head)."""
-    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
+def fsdp_policies(p: ParallelSettings, device: torch.device) -> dict[str, Any]:
+    """fully_shard's precision and offload policies: on CUDA (mixed_precision) parameters
+    are gathered in bf16 for compute while gradients are reduced in float32; cpu_offload
+    keeps the shards (and so AdamW's state and step) in pinned CPU memory."""
+    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy
 
-    kwargs: dict[str, Any] = {"mesh": mesh}
+    kwargs: dict[str, Any] = {}
     if device.type == "cuda" and p.mixed_precision:
         kwargs["mp_policy"] = MixedPrecisionPolicy(
             param_dtype=torch.bfloat16, reduce_dtype=torch.float32
         )
     if p.cpu_offload:
         kwargs["offload_policy"] = CPUOffloadPolicy()
+    return kwargs
+
+
+def apply_fsdp(model: nn.Module, mesh: Any, p: ParallelSettings, device: torch.device) -> None:
+    """FSDP2: each block is one unit (gathered just before it runs, freed after), the root
+    holds the rest (embeddings, final norm, head)."""
+    from torch.distributed.fsdp import fully_shard
+
+    kwargs = {"mesh": mesh, **fsdp_policies(p, device)}
     for block in model.blocks:
         fully_shard(block, **kwargs)
     fully_shard(model, **kwargs)

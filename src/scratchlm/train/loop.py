@@ -26,7 +26,14 @@ from tqdm import tqdm
 
 from scratchlm import runs
 from scratchlm.config import Recipe
-from scratchlm.device import autocast_for, resolve_device, set_threads
+from scratchlm.device import (
+    autocast_for,
+    resolve_device,
+    rng_state,
+    set_rng_state,
+    set_threads,
+    to_device,
+)
 from scratchlm.errors import StageError
 from scratchlm.eval.evaluate import hook_scores, hook_tasks
 from scratchlm.infer.generate import generate_text
@@ -134,9 +141,7 @@ class Trainer:
     def _resume(self) -> None:
         state = self.checkpointer.restore(self.model, self.optimizer)
         self.train_data.load_state_dict(state["data"])
-        torch.set_rng_state(state["rng"]["torch"])
-        if self.device.type == "cuda" and state["rng"].get("cuda") is not None:
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        set_rng_state(state["rng"], self.device)
         self.step, self.skipped = int(state["step"]), int(state["skipped"])
         self.best_val = min(float(state["best_val"]), self.metrics.resume(self.step))
         self.metrics.say(f"resumed from {self.checkpointer.latest()} at step {self.step}")
@@ -145,10 +150,7 @@ class Trainer:
         state = {
             "step": self.step,
             "data": self.train_data.state_dict(),
-            "rng": {
-                "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None,
-            },
+            "rng": rng_state(self.device),
             "best_val": self.best_val,
             "skipped": self.skipped,
         }
@@ -166,26 +168,29 @@ class Trainer:
         """One optimizer step over `grad_accum` micro-batches: (mean loss, gradient norm).
         A non-finite loss or gradient skips the update (on_nonfinite=skip) or stops the run."""
         self.optimizer.set_lr_scale(lr_scale(self.step, self.s))
-        loss_sum = 0.0
+        # The losses stay on the device: the step waits for the GPU once, when the gradient
+        # norm is read (.item() waits for all the work queued before it), not per micro-batch.
+        loss_sum = torch.zeros((), device=self.device)
         for micro in range(self.grad_accum):
             x, y = self.train_data.next_batch(self.s.batch_size)
+            x, y = to_device(x, self.device), to_device(y, self.device)
             with distributed.no_sync(self.forward, micro == self.grad_accum - 1):
                 with autocast_for(self.device):
-                    _, loss = self.forward(x.to(self.device), y.to(self.device))
+                    _, loss = self.forward(x, y)
                 (loss / self.grad_accum).backward()  # mean over micro-batches = the big batch's
-            loss_sum += loss.item()
+            loss_sum += loss.detach()
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        norm = distributed.clip_grad_norm(params, self.s.grad_clip or math.inf)
         if self.dist.enabled:  # every rank must stop at the same step, or the others hang
             loss, signalled, late = distributed.reduce_step_stats(
                 self.dist,
-                loss_sum / self.grad_accum,
+                loss_sum.item() / self.grad_accum,
                 bool(self.stop_signal),
                 time.time() > self.deadline,
             )
             self.agreed_stop = (self.stop_signal or "a signal" if signalled else None, late)
         else:
-            loss = loss_sum / self.grad_accum
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        norm = distributed.clip_grad_norm(params, self.s.grad_clip or math.inf)
+            loss = loss_sum.item() / self.grad_accum
         if not (math.isfinite(loss) and math.isfinite(norm)):
             self.optimizer.zero_grad()
             what = f"loss {loss}, gradient norm {norm} at step {self.step}"
@@ -206,13 +211,13 @@ class Trainer:
     def evaluate(self) -> float:
         """Mean loss over the same validation batches every time."""
         self.model.eval()
-        total = 0.0
+        total = torch.zeros((), device=self.device)
         for x, y in self.val_batches:
             with autocast_for(self.device):
-                _, loss = self.forward(x.to(self.device), y.to(self.device))
-            total += loss.item()
+                _, loss = self.forward(to_device(x, self.device), to_device(y, self.device))
+            total += loss.float()
         self.model.train()
-        return total / len(self.val_batches)
+        return total.item() / len(self.val_batches)
 
     # ------------------------------------------------------------------ the loop
 
