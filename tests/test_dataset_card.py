@@ -11,14 +11,8 @@ from conftest import tiny_recipe
 from scratchlm.data.curate import curate, iter_curated
 from scratchlm.data.settings import CurateSettings
 from scratchlm.errors import SettingsError
-from scratchlm.pipeline import (
-    Workspace,
-    decontamination_inputs,
-    is_fresh,
-    read_manifest,
-    run_stage,
-    stage_key,
-)
+from scratchlm.pipeline import Workspace, is_fresh, read_manifest, run_stage, stage_key
+from scratchlm.pipeline.cache import decontamination_inputs
 from scratchlm.tokenizer.shards import load_meta
 
 ITEM = "Which gas do green plants take in from the air to build sugars during photosynthesis"

@@ -82,6 +82,13 @@ EXCLUDED = {
     "torchrun --nnodes 2 --nproc_per_node 8 --rdzv-backend c10d --rdzv-endpoint "
     "10.0.0.1:29500 --rdzv-id my-run --max-restarts 3 -m scratchlm pretrain --work "
     "/shared/work --set parallel.strategy=fsdp": "two machines at 10.0.0.1 with 8 GPUs each",
+    ".venv/bin/python -m pytest -m cuda": "the cuda tests are part of this suite "
+    "(tests/test_cuda.py), skipped with the reason on a machine without a GPU",
+    "bash bench/gpu_check.sh": "needs a CUDA GPU (bench/gpu_check.sh checks; the device run is "
+    "in docs/LOG.md)",
+    "GPU_CHECK_DRY_RUN=1 bash bench/gpu_check.sh": "about 5 minutes of the GPU check's steps "
+    "on the CPU at tiny sizes; its parts (the cuda tests, bench/train_step.py, "
+    "bench/generate.py, scratchlm run) are each tested or run elsewhere",
     "lm_eval --model hf --model_args pretrained=work/demo/hf --include_path work/tasks "
     "--tasks my_task": "lm-eval takes a minute to start; tests/test_eval.py runs this very "
     "command on an exported model and compares every log-likelihood",
@@ -306,7 +313,19 @@ READMES_PYTHON = python_blocks((ROOT / "README.md").read_text())
 
 
 def test_the_readme_snippets_are_the_ones_run_here():
-    assert len(READMES_PYTHON) == 1 and "from openai import OpenAI" in READMES_PYTHON[0]
+    assert len(READMES_PYTHON) == 2
+    assert "from openai import OpenAI" in READMES_PYTHON[0]
+    assert "load_dataset" in READMES_PYTHON[1]
+
+
+def test_the_datasets_snippet_reads_the_curated_shards(checkout, monkeypatch):
+    """The README's `load_dataset` lines, as written, on the folder its curate line made."""
+    if not (checkout.root / "work" / "pydoc" / "curated").is_dir():
+        pytest.skip("runs after the README's commands (run the whole file)")
+    monkeypatch.chdir(checkout.root)
+    namespace: dict = {"__name__": "__readme__"}
+    exec(compile(READMES_PYTHON[1], "README.md[python 2]", "exec"), namespace)
+    assert len(namespace["ds"]) > 0 and set(namespace["ds"].column_names) >= {"id", "text"}
 
 
 def test_the_openai_snippet_talks_to_the_served_chat_run(checkout, capsys, monkeypatch):

@@ -231,7 +231,10 @@ def dataset_card(report: dict[str, Any], tokens: dict[str, Any] | None = None) -
         lines += body + [""]
     if report.get("bad_input"):
         lines += ["## Bad input", "", "Skipped while reading (see report.json for where):", ""]
-        lines += [f"- {k}: {v:,}" for k, v in report["bad_input"].items()] + [""]
+        for kind, bad in report["bad_input"].items():
+            where = f" (first: {bad['where'][0]})" if bad.get("where") else ""
+            lines.append(f"- {kind}: {bad['count']:,}{where}")
+        lines.append("")
     return "\n".join(lines)
 
 

@@ -124,7 +124,9 @@ def _read_staging(path: Path) -> Iterator[Document]:
 class Curation:
     """One run of the stage: its settings, output folder and the account for the report."""
 
-    def __init__(self, s: CurateSettings, out_dir: Path, progress: bool, benchmarks: list[str]):
+    def __init__(
+        self, s: CurateSettings, out_dir: Path, progress: bool, benchmarks: list[str] = ()
+    ):
         self.s, self.out, self.progress = s, out_dir, progress
         self.sources = SourceMix(s.sources)
         self.decontamination = None  # built before any work: a bad benchmark file stops here
