@@ -128,7 +128,7 @@ def create_app(
     async def _bug(_: Request, e: Exception) -> JSONResponse:
         return error(500, f"internal error: {type(e).__name__}", kind="server_error")
 
-    def check_key(request: Request) -> None:
+    async def check_key(request: Request) -> None:  # async: no thread pool hop per request
         if options.api_key is None:
             return
         given = bearer_token(request.headers.get("authorization", "")) or ""
