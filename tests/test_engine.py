@@ -13,6 +13,8 @@ from scratchlm.infer.kv import SlotCache
 from scratchlm.infer.layout import prepare_for_generation
 from scratchlm.infer.row import Row
 from scratchlm.infer.sampling import Sampling
+from scratchlm.model.gpt import GPT
+from scratchlm.tokenizer.tokenizer import CharTokenizer
 
 GREEDY = Sampling(temperature=0)
 FAMILIES = {
@@ -171,3 +173,22 @@ def test_the_slot_cache_holds_real_tokens_only_and_grows_to_fit():
     assert cache.capacity == 32  # grown (by doubling) to the longest row, at most block_size
     run(engine)
     assert cache.lengths == [0, 0]  # finished rows leave nothing behind
+
+
+def test_hidden_tokens_are_generated_but_never_shown():
+    """Completions hide special tokens from the text, as vLLM does: a model that often writes
+    <|x|> (here, 30% of the time) still gets it in its context and its token list."""
+    tok = CharTokenizer("abc", ["<|endoftext|>", "<|x|>"])
+    cfg = ModelConfig(vocab_size=5, block_size=64, n_layer=1, n_head=1, n_embd=8, bias=True, tie_embeddings=False)  # fmt: skip
+    model = GPT(cfg).eval()
+    with torch.no_grad():  # every weight zero: the final norm outputs its bias, the head its column
+        for p in model.parameters():
+            p.zero_()
+        model.ln_f.bias[0] = 1.0
+        model.lm_head.weight[:, 0] = torch.tensor([0.3, 0.2, 0.2, 1e-9, 0.3]).log()
+    x = tok.special_tokens["<|x|>"]
+    row = Row([0], 40, Sampling(temperature=1.0), seed=0, hide_ids=frozenset({x}))
+    for _ in generate_rows(model, tok, [row]):
+        pass
+    assert row.tokens.count(x) > 3
+    assert row.stream.text == tok.decode([t for t in row.tokens if t != x])

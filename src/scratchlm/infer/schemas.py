@@ -99,22 +99,26 @@ class CompletionRequest(SamplingFields):
     logprobs: Annotated[int, Field(ge=0, le=MAX_LOGPROBS)] | None = None
 
 
-class TextPart(BaseModel):
-    model_config = Strict
-    type: Literal["text"]
-    text: Text
+def _text_parts(content: str | list) -> str | list:
+    """A list of content parts must be text parts: {"type": "text", "text": "..."}."""
+    if isinstance(content, list):
+        for i, part in enumerate(content):
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind != "text" or not isinstance(part.get("text"), str) or set(part) - {"type", "text"}:  # fmt: skip
+                raise ValueError(f"part {i}: only text parts are supported, got {str(kind or part)[:40]!r}")  # fmt: skip
+            _valid_unicode(part["text"])
+    return content
 
 
 class Message(BaseModel):
     model_config = Strict
     role: Literal["system", "developer", "user", "assistant"]
-    content: Text | list[TextPart]
+    content: Annotated[Text | list[dict], AfterValidator(_text_parts)]
 
     def plain(self) -> dict[str, str]:
         """{"role", "content"} as the chat template reads it (a developer is a system)."""
-        content = (
-            self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
-        )
+        parts = self.content
+        content = parts if isinstance(parts, str) else "".join(p["text"] for p in parts)
         return {"role": "system" if self.role == "developer" else self.role, "content": content}
 
 
