@@ -99,3 +99,15 @@ def test_streamed_pieces_make_the_reply(tiny_run):
     seen: list[str] = []
     answer, _ = c.reply("Hi", seen.append)
     assert "".join(seen) == answer and len(seen) >= 2
+
+
+def test_extreme_or_invalid_sampling_settings_never_show_a_traceback(tiny_run):
+    base = ("generate", str(tiny_run), "--prompt", "The ", "--set", "generate.max_new_tokens=5")
+    tiny = scratchlm(*base, "--set", "generate.temperature=1e-300")  # greedy, not a NaN
+    greedy = scratchlm(*base, "--set", "generate.temperature=0")
+    assert tiny.returncode == 0 and "Traceback" not in tiny.stderr, tiny.stderr
+    assert tiny.stdout == greedy.stdout
+    for bad in ("temperature=nan", "temperature=inf", "repetition_penalty=inf", "top_p=nan"):
+        r = scratchlm(*base, "--set", f"generate.{bad}")
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+        assert f"generate.{bad.split('=')[0]}" in r.stderr and "finite" in r.stderr

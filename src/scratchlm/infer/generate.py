@@ -20,6 +20,7 @@ import torch
 
 from scratchlm import runs
 from scratchlm.config import GenerateSettings
+from scratchlm.errors import StageError
 from scratchlm.infer.engine import Engine
 from scratchlm.infer.row import Row
 from scratchlm.infer.sampling import Sampling
@@ -72,10 +73,13 @@ def rows_for(tok: Tokenizer, prompts: list[str], s: GenerateSettings) -> list[Ro
 
 def stream_text(model: GPT, tok: Tokenizer, prompt: str, s: GenerateSettings) -> Iterator[str]:
     """The continuation of one prompt, piece by piece as it is generated."""
-    for events in generate_rows(model, tok, rows_for(tok, [prompt], s)):
+    rows = rows_for(tok, [prompt], s)
+    for events in generate_rows(model, tok, rows):
         for _, text in events:
             if text:
                 yield text
+    if rows[0].finish_reason == "error":
+        raise StageError(f"generation failed: {rows[0].error}")
 
 
 def complete(
