@@ -61,7 +61,9 @@ def test_seeds_repeat_and_differ(client):
 
 def test_openai_client_streams_a_chat_completion(client):
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
-    stream = client.chat.completions.create(model="tiny", messages=messages, max_tokens=20, temperature=0, stream=True)  # fmt: skip
+    # 200 tokens: time for the text to arrive in pieces (a reader that falls behind the engine
+    # gets what piled up in one chunk)
+    stream = client.chat.completions.create(model="tiny", messages=messages, max_tokens=200, temperature=0, stream=True)  # fmt: skip
     pieces, finish = [], None
     for chunk in stream:
         delta = chunk.choices[0].delta
@@ -69,7 +71,7 @@ def test_openai_client_streams_a_chat_completion(client):
             pieces.append(delta.content)
         finish = chunk.choices[0].finish_reason or finish
     assert finish in ("stop", "length") and len(pieces) >= 2
-    whole = client.chat.completions.create(model="tiny", messages=messages, max_tokens=20, temperature=0)  # fmt: skip
+    whole = client.chat.completions.create(model="tiny", messages=messages, max_tokens=200, temperature=0)  # fmt: skip
     assert whole.choices[0].message.content == "".join(pieces)  # the same text, in pieces
     assert whole.choices[0].message.role == "assistant"
 
@@ -250,7 +252,7 @@ def test_a_chunked_body_over_the_limit_is_refused_as_it_arrives(server):
     with socket.create_connection((host, int(port)), timeout=30) as sock:
         sock.sendall(head.encode() + b'c\r\n{"prompt": "\r\n')
         sent = 0
-        while sent < 64 and not select.select([sock], [], [], 0)[0]:  # 4 MiB if all were read
+        while sent < 64 and not select.select([sock], [], [], 0.05)[0]:  # 4 MiB if all were read
             sock.sendall(chunk)
             sent += 1
         reply = b""
@@ -302,16 +304,16 @@ def test_a_tiny_temperature_harms_no_request_in_its_batch(server):
 
 def test_a_non_streaming_request_whose_client_left_stops_generating(server):
     # Like the stream test above: the row must still run when its client leaves; three tries.
-    body = {"prompt": "The ", "max_tokens": CAP, "temperature": 0}
+    body = {"prompt": "The ", "max_tokens": CAP, "temperature": 0, "n": 8}  # 4,000 tokens
     for _ in range(3):
         before = httpx.get(f"{server}/health").json()
         with pytest.raises(httpx.ReadTimeout):
-            httpx.post(f"{server}/v1/completions", headers=auth(), json=body, timeout=0.3)
+            httpx.post(f"{server}/v1/completions", headers=auth(), json=body, timeout=0.2)
         deadline = time.monotonic() + 30
         while (health := httpx.get(f"{server}/health").json())["running_rows"]:
-            assert time.monotonic() < deadline, "the row still runs 30 s after its client left"
+            assert time.monotonic() < deadline, "the rows still run 30 s after their client left"
             time.sleep(0.05)
-        assert health["finished_rows"] == before["finished_rows"] + 1
-        if health["cancelled_rows"] == before["cancelled_rows"] + 1:
+        assert health["finished_rows"] == before["finished_rows"] + 8
+        if health["cancelled_rows"] == before["cancelled_rows"] + 8:
             return
     pytest.fail("the row ran to its end every time: the client leaving did not cancel it")

@@ -40,8 +40,8 @@ from starlette.exceptions import HTTPException
 from scratchlm import runs
 from scratchlm.infer.chat import reply_stop_ids
 from scratchlm.infer.engine import Engine
-from scratchlm.infer.layout import load_for_generation
 from scratchlm.infer.limits import BodyLimit
+from scratchlm.infer.process import ProcessWorker
 from scratchlm.infer.responses import Reply, dumps
 from scratchlm.infer.row import Row
 from scratchlm.infer.sampling import Sampling
@@ -91,13 +91,19 @@ def bearer_token(header: str) -> str | None:
 
 
 def create_app(
-    model: Any, tokenizer: Tokenizer, options: ServeOptions, template: ChatTemplate | None
+    model: Any,
+    tokenizer: Tokenizer,
+    options: ServeOptions,
+    template: ChatTemplate | None,
+    worker: Worker | ProcessWorker | None = None,
 ) -> FastAPI:
-    """The app serving `model`; `template` None: no chat endpoint (the tokenizer lacks its tokens)."""
+    """The app serving `model`; `template` None: no chat endpoint (the tokenizer lacks its tokens).
+    By default an engine thread of this process generates; `serve` passes a ProcessWorker."""
     app = FastAPI(title="scratchlm", docs_url=None, redoc_url=None)
     app.add_middleware(BodyLimit, max_bytes=options.max_body_bytes, reply=error)
-    engine = Engine(model, tokenizer, options.max_batch, options.token_budget)
-    worker = Worker(engine, options.max_queue)
+    if worker is None:
+        engine = Engine(model, tokenizer, options.max_batch, options.token_budget)
+        worker = Worker(engine, options.max_queue)
     app.state.worker = worker
     block = model.cfg.block_size
     text_stop = frozenset({tokenizer.eot_id})
@@ -320,9 +326,12 @@ def serve(path: str, host: str, port: int, options: ServeOptions) -> None:
     """`scratchlm serve`: load the model and run the server until Ctrl-C."""
     import uvicorn
 
-    loaded = load_for_generation(path)
+    # The engine process loads the model for generation; this one needs its tokenizer and shape.
+    worker = ProcessWorker(path, options.max_batch, options.token_budget, options.max_queue)
+    loaded = runs.load_model(path)
     template = runs.chat_template(path, loaded.tokenizer)
-    app = create_app(loaded.model, loaded.tokenizer, options, template)
+    app = create_app(loaded.model, loaded.tokenizer, options, template, worker)
+    del loaded  # the weights live in the engine process
     where = f"http://{host}:{port}"
     print(
         f"serving {options.model_name} on {where} (chat page at {where}/, API at {where}/v1)",

@@ -17,6 +17,7 @@ import contextlib
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from scratchlm.infer.engine import Engine
@@ -33,6 +34,7 @@ class Job:
     updates: list[tuple[Row, str]] = field(default_factory=list)
     done: bool = False
     arrived: float = field(default_factory=time.monotonic)
+    on_cancel: Callable[[], None] | None = None  # a worker that must pass the word on
 
     def __post_init__(self) -> None:
         self.wake = asyncio.Event()
@@ -44,6 +46,8 @@ class Job:
     def cancel(self) -> None:
         for r in self.rows:
             r.cancelled = True
+        if self.on_cancel is not None and not self.done:
+            self.on_cancel()
 
     async def next_updates(self) -> list[tuple[Row, str]]:
         """What arrived since the last call (waits for something); [] once done."""
@@ -138,10 +142,10 @@ class Worker:
             by_loop.setdefault(job.loop, []).append((job, row, text, job.unfinished == 0))
         for loop, batch in by_loop.items():
             with contextlib.suppress(RuntimeError):  # a closed event loop: nobody listens
-                loop.call_soon_threadsafe(_deliver, batch)
+                loop.call_soon_threadsafe(deliver, batch)
 
 
-def _deliver(batch: list[tuple[Job, Row, str, bool]]) -> None:
+def deliver(batch: list[tuple[Job, Row, str, bool]]) -> None:
     """In the event loop: hand each job its updates and wake its handler."""
     for job, row, text, last in batch:
         job.updates.append((row, text))
