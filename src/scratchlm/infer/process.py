@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import multiprocessing
+import queue
 import threading
 import time
 from dataclasses import dataclass
@@ -44,6 +45,10 @@ def engine_main(path: str, max_batch: int, token_budget: int, conn: Any) -> None
     engine = Engine(loaded.model, loaded.tokenizer, max_batch, token_budget)
     rows: dict[tuple[int, int], Row] = {}
     sent: dict[tuple[int, int], tuple[int, int, int]] = {}
+    outbox: queue.SimpleQueue = queue.SimpleQueue()
+    # A thread writes the updates: a pipe that is full for a moment (the server busy writing
+    # streams) then never stops the next step.
+    threading.Thread(target=_send_all, args=(outbox, conn), daemon=True).start()
     conn.send(("ready", None))
     while True:
         try:
@@ -86,7 +91,15 @@ def engine_main(path: str, max_batch: int, token_budget: int, conn: Any) -> None
             if row.finish_reason is not None:
                 del rows[row.tag], sent[row.tag]
         if updates:
-            conn.send((updates, len(engine.running), len(engine.waiting)))
+            outbox.put((updates, len(engine.running), len(engine.waiting)))
+
+
+def _send_all(outbox: queue.SimpleQueue, conn: Any) -> None:
+    while True:
+        try:
+            conn.send(outbox.get())
+        except (EOFError, OSError):  # the server has gone
+            return
 
 
 class ProcessWorker:
