@@ -171,7 +171,7 @@ class Engine:
         try:
             h = self.model.hidden_states(torch.tensor([ids], device=self.device), self.cache)
         except Exception:
-            self.cache._plan = None
+            self.cache.abandon()
             raise
         for slot, n in pieces:
             self.running[slot].cached += n

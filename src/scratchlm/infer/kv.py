@@ -73,6 +73,10 @@ class SlotCache:
         """The next step: `pieces` of (slot, new tokens), one-token pieces first."""
         self._plan = _Plan(pieces, self.lengths, self.capacity, self.device)
 
+    def abandon(self) -> None:
+        """Forget a planned step that failed (nothing of it counts)."""
+        self._plan = None
+
     def begin(self, idx: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
         plan = self._plan
         if plan is None or idx.shape != (1, plan.tokens) or attention_mask is not None:
