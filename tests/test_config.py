@@ -55,7 +55,7 @@ def test_single_value_for_a_list_becomes_a_list_of_one():
         ("model.n_layer=abc", ["model.n_layer", "'abc'", "an integer >= 1"]),
         ("model.n_layer=2.5", ["model.n_layer", "2.5", "an integer"]),
         ("model.n_layer=0", ["model.n_layer", "0", ">= 1"]),
-        ("pretrain.lr=fast", ["pretrain.lr", "'fast'", "a number"]),
+        ("pretrain.lr=fast", ["pretrain.lr", "'fast'", "a finite number"]),
         ("curate.fix_mojibake=maybe", ["curate.fix_mojibake", "'maybe'", "true or false"]),
         ("tokenizer.vocab_size=100", ["tokenizer.vocab_size", "100", "from 257 to 131072"]),
         ("tokenize.val_fraction=0.9", ["tokenize.val_fraction", "0.9", "from 0.0 to 0.5"]),

@@ -22,8 +22,10 @@ from scratchlm.device import (
     to_device,
 )
 from scratchlm.errors import StageError
-from scratchlm.infer.generate import Row, _read
+from scratchlm.infer.engine import Engine
+from scratchlm.infer.generate import generate_rows
 from scratchlm.infer.layout import load_for_generation
+from scratchlm.infer.row import Row
 from scratchlm.model.gpt import GPT
 from scratchlm.train.distributed import backend_for, fsdp_policies
 from scratchlm.train.mfu import measure_matmul_peak, peak_dtype
@@ -109,13 +111,14 @@ def test_adamw_is_fused_where_torch_has_the_kernel(device, fused):
 
 def test_the_kv_cache_takes_the_autocast_dtype():
     model = tiny_gpt(position="rope")
-    rows = [Row([1, 2, 3], 4), Row([4, 5], 4)]
-    cache, _ = _read(model, rows, 4)
-    assert cache.k.dtype == torch.float32
+    assert Engine(model, None).cache.k.dtype == torch.float32
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        cache, logits = _read(model, rows, 4)
-    assert cache.k.dtype == cache.v.dtype == torch.bfloat16  # not float32 holding bf16 values
-    assert torch.isfinite(logits).all()
+        engine = Engine(model, None)
+        assert engine.cache.k.dtype == engine.cache.v.dtype == torch.bfloat16
+        rows = [Row([1, 2, 3], 4), Row([4, 5], 4)]  # generating under autocast works
+        for _ in generate_rows(model, None, rows):
+            pass
+    assert all(len(r.tokens) == 4 for r in rows)
 
 
 def test_generation_loads_in_the_dtype_asked_for(tiny_run):

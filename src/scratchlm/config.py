@@ -174,7 +174,7 @@ class FinetuneSettings:
 class GenerateSettings:
     prompts: list[str] = setting(["\n"], "prompts sampled after pretraining")
     max_new_tokens: int = setting(100, "tokens to sample per prompt", min=1)
-    temperature: float = setting(0.8, "sampling temperature (0 = greedy)", min=0.0)
+    temperature: float = setting(0.8, "sampling temperature (0, or below 1e-5: greedy)", min=0.0)
     top_k: int = setting(50, "sample from the k most likely tokens (0 = all)", min=0)
     top_p: float = setting(
         1.0,
@@ -186,7 +186,7 @@ class GenerateSettings:
         0.0, "drop tokens less likely than min_p x the most likely one (0 = none)", min=0.0, max=1.0
     )
     repetition_penalty: float = setting(
-        1.0, "> 1 makes tokens already in the text less likely (1 = none)", min=0.01
+        1.0, "> 1 makes tokens already in the text less likely (1 = none)", min=0.01, max=100.0
     )
     stop: list[str] = setting([], "stop strings: the text ends just before the first one")
     seed: int = setting(1337, "sampling seed")

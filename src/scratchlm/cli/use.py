@@ -75,7 +75,13 @@ def add_parsers(sub: Any) -> None:
     p.add_argument(
         "--max-tokens", type=int, default=512, help="the largest max_tokens a request may ask for"
     )
-    p.add_argument("--max-batch", type=int, default=8, help="requests generated together")
+    p.add_argument("--max-batch", type=int, default=8, help="rows generated together")
+    p.add_argument(
+        "--token-budget",
+        type=int,
+        default=512,
+        help="tokens one engine step reads (decoding rows + chunks of new prompts)",
+    )
     p.add_argument("--model-name", help="the model id clients use (default: the folder's name)")
     add_device_args(p)
     p.set_defaults(handler=cmd_serve)
@@ -133,11 +139,21 @@ def cmd_chat(args: argparse.Namespace) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> None:
     folder = runs.require_model_folder(args.run)  # a clear error for a folder holding no model
-    if args.max_tokens < 1 or args.max_batch < 1:
-        raise SettingsError("serve: --max-tokens and --max-batch must be at least 1")
+    if args.max_tokens < 1 or args.max_batch < 1 or args.token_budget < 1:
+        raise SettingsError(
+            "serve: --max-tokens, --max-batch and --token-budget must be at least 1"
+        )
     name = args.model_name or folder.resolve().name
     key = args.api_key or os.environ.get(API_KEY_ENV) or None
     device = resolve_device(args.device, "serve --device")
     dtype = resolve_dtype(args.dtype, device, "serve --dtype")
-    options = ServeOptions(name, key, args.max_tokens, args.max_batch, device=device, dtype=dtype)
+    options = ServeOptions(
+        name,
+        key,
+        args.max_tokens,
+        args.max_batch,
+        token_budget=args.token_budget,
+        device=device,
+        dtype=dtype,
+    )
     serve(str(folder), args.host, args.port, options)

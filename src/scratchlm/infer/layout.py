@@ -21,23 +21,40 @@ import torch.nn as nn
 
 from scratchlm import runs
 
+BATCHED_FROM = 3  # rows from which the packed oneDNN weight is faster than W^T (measured)
+
+
+def _pack(weight: torch.Tensor) -> torch.Tensor | None:
+    """The weight in oneDNN's blocked layout, or None where oneDNN is not built in."""
+    try:
+        return torch.ops.mkldnn._reorder_linear_weight(weight, 32)
+    except (AttributeError, RuntimeError):
+        return None
+
 
 class TransposedLinear(nn.Module):
-    """y = x W^T + b, with W^T stored contiguous: a frozen copy of an nn.Linear."""
+    """y = x W^T + b, with W^T stored contiguous: a frozen copy of an nn.Linear.
+
+    A batch of rows (the serving engine's decode step: 8 or 32 rows) is a different product:
+    there, MKL repacks W^T on every call, and a weight packed once in oneDNN's layout is 2-7x
+    faster (docs/LOG.md). So the layer keeps both: W^T for one or two rows, the packed copy for
+    more (it costs a second copy of the weights in memory)."""
 
     def __init__(self, linear: nn.Linear):
         super().__init__()
         self.weight_t = nn.Parameter(linear.weight.detach().t().contiguous(), requires_grad=False)
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach(), False)
         self.out_features = linear.out_features
+        self.packed = _pack(linear.weight.detach().float()) if linear.weight.dtype == torch.float32 else None  # fmt: skip
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, x.size(-1))
-        y = (
-            flat @ self.weight_t
-            if self.bias is None
-            else torch.addmm(self.bias, flat, self.weight_t)
-        )
+        if self.packed is not None and flat.size(0) >= BATCHED_FROM:
+            y = torch.ops.mkldnn._linear_pointwise(flat, self.packed, self.bias, "none", [], "")
+        elif self.bias is None:
+            y = flat @ self.weight_t
+        else:
+            y = torch.addmm(self.bias, flat, self.weight_t)
         return y.view(*x.shape[:-1], self.out_features)
 
 
