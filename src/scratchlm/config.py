@@ -182,6 +182,9 @@ class GenerateSettings:
     )
     stop: list[str] = setting([], "stop strings: the text ends just before the first one")
     seed: int = setting(1337, "sampling seed")
+    quantize: Literal["none", "int8"] = setting(
+        "none", "int8: linear layers as int8 weights on the CPU (faster decoding)"
+    )
 
 
 @dataclass
@@ -209,6 +212,9 @@ class EvalSettings:
     bootstrap: int = setting(10_000, "bootstrap resamples for --compare", min=100)
     every_steps: int = setting(
         0, "pretraining: score the tasks every N steps into metrics.jsonl (0 = off)", min=0
+    )
+    quantize: Literal["none", "int8"] = setting(
+        "none", "int8: evaluate with int8 linear layers on the CPU (as generate.quantize)"
     )
 
 

@@ -17,6 +17,20 @@ from scratchlm.infer.layout import load_for_generation
 from scratchlm.infer.server import API_KEY_ENV, ServeOptions, serve
 
 
+def add_quantize(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--quantize",
+        choices=["none", "int8"],
+        help="int8: linear layers as int8 weights on the CPU, ~2-3x faster decoding "
+        "(the same as --set generate.quantize=int8)",
+    )
+
+
+def with_quantize(args: argparse.Namespace) -> list[str]:
+    """The --set overrides, with --quantize as the generate.quantize setting it stands for."""
+    return args.overrides + ([f"generate.quantize={args.quantize}"] if args.quantize else [])
+
+
 def add_parsers(sub: Any) -> None:
     desc = "Sample text from a run folder or an HF model folder"
     p = sub.add_parser(
@@ -43,6 +57,7 @@ def add_parsers(sub: Any) -> None:
     p.add_argument(
         "--batch-size", type=int, default=8, help="with --input: prompts generated together"
     )
+    add_quantize(p)
     add_set(p, "generate.temperature=0.5")
     p.set_defaults(handler=cmd_generate)
 
@@ -56,6 +71,7 @@ def add_parsers(sub: Any) -> None:
     )
     p.add_argument("run", help="a run folder or an HF model folder")
     p.add_argument("--system", metavar="TEXT", help="a system message to start with")
+    add_quantize(p)
     add_set(p, "generate.temperature=0.5")
     p.set_defaults(handler=cmd_chat)
 
@@ -74,20 +90,21 @@ def add_parsers(sub: Any) -> None:
     )
     p.add_argument("--max-batch", type=int, default=8, help="requests generated together")
     p.add_argument("--model-name", help="the model id clients use (default: the folder's name)")
+    add_quantize(p)
     p.set_defaults(handler=cmd_serve)
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
-    settings = generate_settings(args.run, args.overrides, "generate")
+    settings = generate_settings(args.run, with_quantize(args), "generate")
     if args.input:
         prompts = read_prompts(Path(args.input))
-        loaded = load_for_generation(args.run)
+        loaded = load_for_generation(args.run, settings.quantize)
         generate_file(
             loaded.model, loaded.tokenizer, prompts, settings, args.output, args.batch_size
         )
         return
     prompts = args.prompt or settings.prompts
-    loaded = load_for_generation(args.run)
+    loaded = load_for_generation(args.run, settings.quantize)
     for prompt in prompts:
         print(prompt, end="", flush=True)
         for piece in stream_text(loaded.model, loaded.tokenizer, prompt, settings):
@@ -98,8 +115,8 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
 
 def cmd_chat(args: argparse.Namespace) -> None:
-    settings = generate_settings(args.run, args.overrides, "chat")
-    loaded = load_for_generation(args.run)
+    settings = generate_settings(args.run, with_quantize(args), "chat")
+    loaded = load_for_generation(args.run, settings.quantize)
     template = runs.chat_template(args.run, loaded.tokenizer)
     if template is None:
         raise StageError(
@@ -115,6 +132,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         raise SettingsError("serve: --max-tokens and --max-batch must be at least 1")
     name = args.model_name or folder.resolve().name
     key = args.api_key or os.environ.get(API_KEY_ENV) or None
-    serve(
-        str(folder), args.host, args.port, ServeOptions(name, key, args.max_tokens, args.max_batch)
-    )
+    # the run's own generate.quantize unless --quantize says otherwise
+    quantize = args.quantize or generate_settings(args.run, [], "serve").quantize
+    options = ServeOptions(name, key, args.max_tokens, args.max_batch, quantize=quantize)
+    serve(str(folder), args.host, args.port, options)

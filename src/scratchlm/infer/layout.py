@@ -8,6 +8,7 @@ use (in, out); its LM head does not.
 
     prepare_for_generation(model)   # in place; the model then serves inference only
     load_for_generation(path)       # a run or HF folder, loaded (runs.py) and prepared
+    load_for_generation(path, "int8")   # linear layers as int8 weights (model/quantize.py)
 
 The results equal nn.Linear's up to float rounding (the sums run in another order).
 """
@@ -53,8 +54,9 @@ def prepare_for_generation(model: nn.Module) -> nn.Module:
     return model.eval()
 
 
-def load_for_generation(path: str | Path) -> runs.LoadedModel:
-    """A run folder or HF folder's model, laid out for generation, with its tokenizer."""
-    loaded = runs.load_model(path)
+def load_for_generation(path: str | Path, quantize: str = "none") -> runs.LoadedModel:
+    """A run folder or HF folder's model, laid out for generation, with its tokenizer; with
+    `quantize="int8"` its linear layers hold int8 weights (nothing is left to transpose)."""
+    loaded = runs.load_model(path, quantize=quantize)
     prepare_for_generation(loaded.model)
     return loaded

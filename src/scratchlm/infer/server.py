@@ -50,6 +50,7 @@ class ServeOptions:
     max_batch: int = 8  # rows generated together
     max_queue: int = 256  # requests waiting beyond that get a 429
     max_body_bytes: int = 1 << 20  # a larger request body gets a 413, unread
+    quantize: str = "none"  # "int8": int8 linear layers (model/quantize.py)
 
 
 class APIError(Exception):
@@ -324,7 +325,7 @@ def serve(path: str, host: str, port: int, options: ServeOptions) -> None:
     """`scratchlm serve`: load the model and run the server until Ctrl-C."""
     import uvicorn
 
-    loaded = load_for_generation(path)
+    loaded = load_for_generation(path, options.quantize)
     template = runs.chat_template(path, loaded.tokenizer)
     app = create_app(loaded.model, loaded.tokenizer, options, template)
     where = f"http://{host}:{port}"
