@@ -73,4 +73,6 @@ def gguf_vocab(tok: Tokenizer, n_vocab: int) -> GGUFVocab:
             tokens.append(f"[PAD{i}]")
             types.append(UNUSED)
     merges = [f"{a} {b}" for a, b in doc["model"]["merges"]]
+    if not merges:
+        raise StageError("the tokenizer has no merges (bytes only); llama.cpp refuses such a BPE")
     return GGUFVocab(pre, tokens, types, merges)
