@@ -114,7 +114,11 @@ def main() -> None:
     if llama_cpp_python() is None:
         print(json.dumps({"bench": "gguf_parity", "skipped": f"llama-cpp-python: {INSTALL}"}))
         return
-    results = [compare_run(Path(r), args.n, args.new_tokens, args.type) for r in args.runs]
+    found = [Path(r) for r in args.runs if runs.is_run(r)]
+    if not found:
+        print(json.dumps({"bench": "gguf_parity", "skipped": f"no run folder among {args.runs} (make demo)"}))  # fmt: skip
+        return
+    results = [compare_run(r, args.n, args.new_tokens, args.type) for r in found]
     print(json.dumps({"bench": "gguf_parity", "load_average": os.getloadavg(), "runs": results}, indent=2))  # fmt: skip
 
 

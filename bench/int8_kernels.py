@@ -11,6 +11,7 @@ from memory as decoding does. Candidates, alternating, each the median of its ro
     ao_dynamic      torch.ao dynamic quantization (fbgemm): int8 per-channel weights,
                     activations quantized to uint8 per tensor at run time
     compiled        torch.compile of (x * W_int8).sum(-1) * scale: Inductor's fused loop
+                    (model/quantize.py's kernel for one row)
     dequant         (x @ W_int8^T.float()) * scale, no compiler
 
 Accuracy: the largest error of each candidate's output relative to float32's output on the
@@ -63,7 +64,7 @@ def candidates(mats: list[torch.Tensor], skip: set[str]):
         out["ao_dynamic"] = lambda xs: [m(xs[m.in_features]) for m in ao]
     if "compiled" not in skip:
 
-        @torch.compile(dynamic=False)
+        @torch.compile(dynamic=True)  # as model/quantize.py: one kernel for every shape
         def mulsum(x, q, s):
             return (x[:, None, :] * q.to(x.dtype)).sum(-1) * s
 

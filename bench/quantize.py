@@ -12,7 +12,11 @@ machine's load falls on all alike, each reporting its median round:
 
 Quality: bits per byte on held-out text for each side, on trained runs (random weights say
 nothing about quality): by default work/demo/runs/demo and its chat fine-tune, scored on the
-pipeline's validation tokens beside them (eval/perplexity.py's sliding windows).
+pipeline's validation tokens beside them (eval/perplexity.py's sliding windows). Also, for
+the record of the kernel choice (docs/LOG.md): fbgemm's dynamic int8 (which quantizes the
+activations too), on the run as it is and on the same run given outlier features: two
+channels of every norm's gain x30, divided back out of the next layer's weights, so float32
+computes exactly the same function (trained transformers grow such channels).
 
     python bench/quantize.py [--shapes 10m,124m] [--rounds 3] [--new-tokens 128] [--run RUN ...]
 """
@@ -120,6 +124,30 @@ class HFLogits(torch.nn.Module):
         return self.model(idx).logits, None
 
 
+def with_outlier_channels(model: GPT, factor: float, channels=(5, 77)) -> GPT:
+    """The same function with outlier activations: norm gain x factor on a few channels,
+    the next layer's input columns / factor."""
+    model = copy.deepcopy(model)
+    with torch.no_grad():
+        for block in model.blocks:
+            for norm, layer in ((block.ln_1, block.attn.qkv), (block.ln_2, block.mlp.fc)):
+                for c in channels:
+                    norm.weight[c] *= factor
+                    layer.weight[:, c] /= factor
+    return model
+
+
+def kernel_comparison(model: GPT, tok, docs, max_tokens: int) -> dict:
+    out = {}
+    for label, m in (("as_trained", model), ("outlier_channels_x30", with_outlier_channels(model, 30))):  # fmt: skip
+        bpb = {"float32": perplexity(m, tok, docs, max_tokens=max_tokens).to_dict()["bits_per_byte"]}  # fmt: skip
+        for kernel in ("weight_only", "fbgemm"):
+            q = quantize_int8(copy.deepcopy(m), kernel)
+            bpb[kernel] = perplexity(q, tok, docs, max_tokens=max_tokens).to_dict()["bits_per_byte"]
+        out[label] = {k: f"{100 * (v / bpb['float32'] - 1):+.3f}%" for k, v in bpb.items() if k != "float32"}  # fmt: skip
+    return out
+
+
 def bench_quality(run: Path, max_tokens: int, kernel: str) -> dict:
     from transformers import AutoModelForCausalLM
 
@@ -146,7 +174,10 @@ def bench_quality(run: Path, max_tokens: int, kernel: str) -> dict:
         "bits_per_byte": {k: round(v, 5) for k, v in bpb.items()},
         "int8_change_percent": round(
             100 * (bpb["scratchlm_int8"] / bpb["scratchlm_float32"] - 1), 3
-        ),  # fmt: skip
+        ),
+        "kernels_bits_per_byte_change": kernel_comparison(
+            loaded.model, loaded.tokenizer, docs, max_tokens
+        ),
     }
 
 
@@ -158,7 +189,7 @@ def main() -> None:
     ap.add_argument("--prompt-tokens", type=int, default=64)
     ap.add_argument("--run", action="append", help="trained runs for bits per byte")
     ap.add_argument("--max-tokens", type=int, default=50_000, help="held-out tokens scored")
-    ap.add_argument("--kernel", default="auto", help="int8 kernel: auto, int8pack or fbgemm")
+    ap.add_argument("--kernel", default="weight_only", help="int8 kernel: weight_only or fbgemm")
     args = ap.parse_args()
     torch.set_num_threads(1)
     result: dict = {

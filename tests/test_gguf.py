@@ -221,6 +221,9 @@ def test_q8_0_and_f16_stay_within_their_rounding(tok, tmp_path):
             bound = d * (0.5 + 127 * 2**-11) + 1e-12
             assert (np.abs(got - blocks) <= bound).all(), name
             assert np.abs(got - blocks).max() > 0  # it really is quantized
+    narrow = GPT(build(ModelConfig, {"preset": "llama-tiny", "vocab_size": tok.vocab_size, "n_embd": 48}))  # fmt: skip
+    _, tensors = read(export_gguf(narrow, tok, tmp_path / "narrow.gguf", "q8_0"))
+    assert tensors["blk.0.attn_q.weight"][1] == "F16"  # rows of 48 are not blocks of 32
 
 
 def test_metadata_describes_model_tokenizer_and_chat(tok, tok_gpt2, tmp_path):

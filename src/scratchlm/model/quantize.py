@@ -10,13 +10,21 @@ quarter of that. Each matrix row (one output channel) gets its own scale:
 Symmetric (no zero point) and per output channel, so one outlying row does not coarsen the
 others. Only the weights are quantized; the activations stay floating point.
 
-The matmul is torch._weight_int8pack_mm: int8 weights, bfloat16 activations, float32 sums
-(AVX-512 / AVX2 / NEON kernels in PyTorch). bench/int8_kernels.py measured the candidates
-(docs/LOG.md): fbgemm's dynamic quantization (torch.ops.quantized.linear_dynamic) is ~25%
-faster at 124M, but it also rounds every input vector to 7 bits with one scale per tensor,
-and a model with outlier features (which trained transformers grow) loses accuracy there:
-+2% bits per byte where weight-only int8 stays at +0.01%. It is kept as `kernel="fbgemm"`
-for measurements, not used by default.
+Two kernels, chosen by the number of rows (bench/int8_kernels.py measured the candidates;
+the numbers are in docs/LOG.md):
+
+    one row (decoding)   torch.compile of sum(x * W_int8, -1) * scale: Inductor fuses the
+                         int8 -> float conversion into the dot products, so the weights are
+                         read once, as int8, with float32 activations; it runs at the memory
+                         bandwidth (~4.7x float32's matmul over a 124M model's layers)
+    several rows         torch._weight_int8pack_mm: int8 weights, bfloat16 activations,
+                         float32 sums (PyTorch's AVX-512 / AVX2 / NEON kernels; ~3x float32).
+                         Also the fallback when torch.compile cannot run (no C++ compiler).
+
+fbgemm's dynamic quantization (torch.ops.quantized.linear_dynamic) is faster still with many
+rows, but it also rounds every input to 7 bits with one scale per tensor, and a model with
+outlier features (which trained transformers grow) loses accuracy there: +1.9% bits per byte
+where weight-only int8 stays at +0.01%. It is kept as `kernel="fbgemm"` for measurements; the default is `kernel="weight_only"`.
 
     quantize_int8(model)       in place: each nn.Linear becomes an Int8Linear; returns the model
 """
@@ -28,10 +36,40 @@ import warnings
 import torch
 import torch.nn as nn
 
-KERNELS = ("int8pack", "fbgemm")
-# The int8pack kernel reads activations 16 bf16 values (32 aligned bytes) at a time: a layer
+KERNELS = ("weight_only", "fbgemm")
+# _weight_int8pack_mm reads activations 16 bf16 values (32 aligned bytes) at a time: a layer
 # whose input width is not a multiple of 16 stays float32.
 INT8PACK_MULTIPLE = 16
+
+
+def _dot_rows(x: torch.Tensor, weight_int8: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """x (in,) times every int8 row, scaled: what torch.compile turns into one fused loop."""
+    return (x * weight_int8.to(x.dtype)).sum(-1) * scale
+
+
+class _OneRowKernel:
+    """`_dot_rows`, compiled on first use (dynamic shapes: one kernel for every layer); if
+    compiling fails (e.g. no C++ compiler), it says so once and reports itself unavailable."""
+
+    def __init__(self):
+        self.compiled = None
+        self.available = True
+
+    def __call__(self, x, weight_int8, scale) -> torch.Tensor | None:
+        if not self.available:
+            return None
+        if self.compiled is None:
+            self.compiled = torch.compile(_dot_rows, dynamic=True)
+        try:
+            return self.compiled(x, weight_int8, scale)
+        except Exception as e:  # the compiler's failures have no common type
+            self.available = False
+            message = f"int8: torch.compile failed ({type(e).__name__}); using _weight_int8pack_mm"
+            warnings.warn(message, stacklevel=2)
+            return None
+
+
+one_row_kernel = _OneRowKernel()
 
 
 def quantize_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -45,12 +83,12 @@ def quantize_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 class Int8Linear(nn.Module):
     """A frozen nn.Linear with int8 weights and one float scale per output channel."""
 
-    def __init__(self, linear: nn.Linear, kernel: str = "int8pack"):
+    def __init__(self, linear: nn.Linear, kernel: str = "weight_only"):
         super().__init__()
         if kernel not in KERNELS:
             raise ValueError(f"int8 kernel {kernel!r}: expected one of {', '.join(KERNELS)}")
-        if kernel == "int8pack" and linear.in_features % INT8PACK_MULTIPLE:
-            raise ValueError(f"int8pack needs an input width divisible by {INT8PACK_MULTIPLE}")
+        if kernel == "weight_only" and linear.in_features % INT8PACK_MULTIPLE:
+            raise ValueError(f"weight_only needs an input width divisible by {INT8PACK_MULTIPLE}")
         self.kernel = kernel
         self.in_features, self.out_features = linear.in_features, linear.out_features
         q, scale = quantize_rows(linear.weight)
@@ -73,8 +111,14 @@ class Int8Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.kernel == "fbgemm":  # reduce_range: 7-bit inputs, as torch.ao does on x86
             return torch.ops.quantized.linear_dynamic(x.float(), self._packed, True).to(x.dtype)
+        flat = x.reshape(-1, self.in_features)
+        if flat.size(0) == 1 and x.dtype == torch.float32:
+            y = one_row_kernel(flat[0], self.weight_int8, self.scale)
+            if y is not None:
+                y = y if self.bias is None else y + self.bias
+                return y.view(*x.shape[:-1], self.out_features)
         # a fresh bf16 copy: the kernel's aligned loads need the allocator's alignment
-        flat = x.reshape(-1, self.in_features).to(torch.bfloat16, copy=True)
+        flat = flat.to(torch.bfloat16, copy=True)
         y = torch._weight_int8pack_mm(flat, self.weight_int8, self._scale_bf16).to(x.dtype)
         if self.bias is not None:
             y = y + self.bias.to(x.dtype)
@@ -84,17 +128,17 @@ class Int8Linear(nn.Module):
         return f"in={self.in_features}, out={self.out_features}, kernel={self.kernel}"
 
 
-def quantize_int8(model: nn.Module, kernel: str = "int8pack") -> nn.Module:
+def quantize_int8(model: nn.Module, kernel: str = "weight_only") -> nn.Module:
     """Swap every nn.Linear of a CPU model for an Int8Linear, in place; the model then serves
     inference only. A tied LM head gets an int8 copy; the embedding keeps its float rows. A
-    layer the kernel cannot take (int8pack: input width not a multiple of 16) stays float."""
+    layer the kernel cannot take (weight_only: input width not a multiple of 16) stays float."""
     if any(p.device.type != "cpu" for p in model.parameters()):
         raise ValueError("int8 weights are for CPU inference; this model is on another device")
     for module in list(model.modules()):
         for name, child in list(module.named_children()):
             if type(child) is not nn.Linear:  # exactly Linear: a LoRA layer keeps its own forward
                 continue
-            if kernel == "int8pack" and child.in_features % INT8PACK_MULTIPLE:
+            if kernel == "weight_only" and child.in_features % INT8PACK_MULTIPLE:
                 continue
             setattr(module, name, Int8Linear(child, kernel))
     return model.eval()
