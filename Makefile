@@ -42,7 +42,7 @@ format: $(STAMP)
 	$(BIN)/ruff format src tests bench
 	$(BIN)/ruff check --fix src tests bench
 
-BENCHES := $(filter-out bench/baselines.py,$(wildcard bench/*.py))
+BENCHES := $(filter-out bench/baselines.py bench/llama_cpp_worker.py,$(wildcard bench/*.py))
 
 # Every benchmark runs (one whose data is missing says so and is skipped); failures are listed at the end.
 bench: $(STAMP)

@@ -190,6 +190,9 @@ class GenerateSettings:
     )
     stop: list[str] = setting([], "stop strings: the text ends just before the first one")
     seed: int = setting(1337, "sampling seed")
+    quantize: Literal["none", "int8"] = setting(
+        "none", "int8: linear layers as int8 weights on the CPU (faster decoding)"
+    )
 
 
 @dataclass
@@ -226,6 +229,9 @@ class EvalSettings:
     )
     overlap_ngram: int = setting(
         13, "words an item must share with the training text in a row to count as seen", min=3
+    )
+    quantize: Literal["none", "int8"] = setting(
+        "none", "int8: evaluate with int8 linear layers on the CPU (as generate.quantize)"
     )
 
 

@@ -53,6 +53,11 @@ def add_parsers(sub: Any) -> None:
         help="is B better than A beyond the noise? (reads their eval.json, or evaluates)",
     )
     p.add_argument("--device", default="auto", help="cpu, cuda, mps or auto (default)")
+    p.add_argument(
+        "--quantize",
+        choices=["none", "int8"],
+        help="int8: score with int8 linear layers on the CPU (= --set eval.quantize=int8)",
+    )
     add_set(p, "eval.few_shot=5")
     p.set_defaults(handler=cmd_eval)
 
@@ -68,7 +73,10 @@ def _evaluated(run: Path, args: argparse.Namespace, reuse: bool) -> dict[str, An
     if reuse and (done := read_report(run)) is not None:
         return done
     device = resolve_device(args.device, "eval --device")
-    settings = _settings(run, args.overrides)
+    quantize = [f"eval.quantize={args.quantize}"] if args.quantize else []
+    settings = _settings(run, args.overrides + quantize)
+    if settings.quantize == "int8" and args.device == "auto":
+        device = resolve_device("cpu", "eval --device")  # int8 weights run on the CPU
     result = evaluate_path(run, settings, args.task, args.text, str(device))
     write_report(run, result)
     return result
@@ -78,7 +86,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     if args.compare:
         a, b = (Path(r) for r in args.compare)
         # Fresh scores when the command says what to score; otherwise each run's eval.json.
-        reuse = not (args.task or args.text or args.overrides)
+        reuse = not (args.task or args.text or args.overrides or args.quantize)
         ra, rb = _evaluated(a, args, reuse), _evaluated(b, args, reuse)
         resamples = _settings(a, args.overrides).bootstrap
         print(f"A = {a}\nB = {b}\n")

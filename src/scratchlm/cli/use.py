@@ -18,6 +18,20 @@ from scratchlm.infer.layout import load_for_generation
 from scratchlm.infer.server import API_KEY_ENV, ServeOptions, serve
 
 
+def add_quantize(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--quantize",
+        choices=["none", "int8"],
+        help="int8: linear layers as int8 weights on the CPU, ~2-3x faster decoding "
+        "(the same as --set generate.quantize=int8)",
+    )
+
+
+def with_quantize(args: argparse.Namespace) -> list[str]:
+    """The --set overrides, with --quantize as the generate.quantize setting it stands for."""
+    return args.overrides + ([f"generate.quantize={args.quantize}"] if args.quantize else [])
+
+
 def add_parsers(sub: Any) -> None:
     desc = "Sample text from a run folder or an HF model folder"
     p = sub.add_parser(
@@ -44,6 +58,7 @@ def add_parsers(sub: Any) -> None:
     p.add_argument(
         "--batch-size", type=int, default=8, help="with --input: prompts generated together"
     )
+    add_quantize(p)
     add_set(p, "generate.temperature=0.5")
     add_device_args(p)
     p.set_defaults(handler=cmd_generate)
@@ -58,6 +73,7 @@ def add_parsers(sub: Any) -> None:
     )
     p.add_argument("run", help="a run folder or an HF model folder")
     p.add_argument("--system", metavar="TEXT", help="a system message to start with")
+    add_quantize(p)
     add_set(p, "generate.temperature=0.5")
     add_device_args(p)
     p.set_defaults(handler=cmd_chat)
@@ -84,6 +100,7 @@ def add_parsers(sub: Any) -> None:
     )
     p.add_argument("--model-name", help="the model id clients use (default: the folder's name)")
     add_device_args(p)
+    add_quantize(p)
     p.set_defaults(handler=cmd_serve)
 
 
@@ -98,24 +115,29 @@ def add_device_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def load(args: argparse.Namespace) -> runs.LoadedModel:
+def _device_for(name: str, quantize: str) -> str:
+    """int8 weights run on the CPU: with them, `auto` means the CPU."""
+    return "cpu" if quantize == "int8" and name == "auto" else name
+
+
+def load(args: argparse.Namespace, quantize: str = "none") -> runs.LoadedModel:
     """The model to generate with, on the device and in the dtype the command line names."""
-    device = resolve_device(args.device, f"{args.command} --device")
+    device = resolve_device(_device_for(args.device, quantize), f"{args.command} --device")
     dtype = resolve_dtype(args.dtype, device, f"{args.command} --dtype")
-    return load_for_generation(args.run, device, dtype)
+    return load_for_generation(args.run, device, dtype, quantize)
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
-    settings = generate_settings(args.run, args.overrides, "generate")
+    settings = generate_settings(args.run, with_quantize(args), "generate")
     if args.input:
         prompts = read_prompts(Path(args.input))
-        loaded = load(args)
+        loaded = load(args, settings.quantize)
         generate_file(
             loaded.model, loaded.tokenizer, prompts, settings, args.output, args.batch_size
         )
         return
     prompts = args.prompt or settings.prompts
-    loaded = load(args)
+    loaded = load(args, settings.quantize)
     for prompt in prompts:
         print(prompt, end="", flush=True)
         for piece in stream_text(loaded.model, loaded.tokenizer, prompt, settings):
@@ -126,8 +148,8 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
 
 def cmd_chat(args: argparse.Namespace) -> None:
-    settings = generate_settings(args.run, args.overrides, "chat")
-    loaded = load(args)
+    settings = generate_settings(args.run, with_quantize(args), "chat")
+    loaded = load(args, settings.quantize)
     template = runs.chat_template(args.run, loaded.tokenizer)
     if template is None:
         raise StageError(
@@ -145,7 +167,9 @@ def cmd_serve(args: argparse.Namespace) -> None:
         )
     name = args.model_name or folder.resolve().name
     key = args.api_key or os.environ.get(API_KEY_ENV) or None
-    device = resolve_device(args.device, "serve --device")
+    # the run's own generate.quantize unless --quantize says otherwise
+    quantize = args.quantize or generate_settings(args.run, [], "serve").quantize
+    device = resolve_device(_device_for(args.device, quantize), "serve --device")
     dtype = resolve_dtype(args.dtype, device, "serve --dtype")
     options = ServeOptions(
         name,
@@ -155,5 +179,6 @@ def cmd_serve(args: argparse.Namespace) -> None:
         token_budget=args.token_budget,
         device=device,
         dtype=dtype,
+        quantize=quantize,
     )
     serve(str(folder), args.host, args.port, options)

@@ -159,7 +159,7 @@ def evaluate_path(
     pipeline's tokens beside the run."""
     if not path.is_dir():
         raise StageError(f"{path}: no such run folder")
-    loaded = runs.load_model(path, device)
+    loaded = runs.load_model(path, device, s.quantize)
     model, tok = loaded.model, loaded.tokenizer
     sources = [Path(t) for t in text] if text else []
     if not sources and s.heldout:

@@ -8,6 +8,7 @@ use (in, out); its LM head does not.
 
     prepare_for_generation(model)   # in place; the model then serves inference only
     load_for_generation(path, device, dtype)   # a run or HF folder, loaded (runs/), prepared
+    load_for_generation(path, quantize="int8")  # linear layers as int8 weights (model/quantize.py)
 
 The results equal nn.Linear's up to float rounding (the sums run in another order).
 """
@@ -74,10 +75,13 @@ def load_for_generation(
     path: str | Path,
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
+    quantize: str = "none",
 ) -> runs.LoadedModel:
     """A run folder or HF folder's model on `device` in `dtype` (generation's KV cache takes
-    the weights' dtype), laid out for generation, with its tokenizer."""
-    loaded = runs.load_model(path, device)
-    loaded.model.to(dtype)
+    the weights' dtype), laid out for generation, with its tokenizer; with
+    `quantize="int8"` its linear layers hold int8 weights (nothing is left to transpose)."""
+    loaded = runs.load_model(path, device, quantize=quantize)
+    if quantize == "none":
+        loaded.model.to(dtype)
     prepare_for_generation(loaded.model)
     return loaded

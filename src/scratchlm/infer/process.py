@@ -48,9 +48,10 @@ def engine_main(
     conn: Any,
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
+    quantize: str = "none",
 ) -> None:
     """The engine process: load the model, then add, cancel and step until told to stop."""
-    loaded = load_for_generation(path, device, dtype)
+    loaded = load_for_generation(path, device, dtype, quantize)
     engine = Engine(loaded.model, loaded.tokenizer, max_batch, token_budget)
     rows: dict[tuple[int, int], Row] = {}
     sent: dict[tuple[int, int], tuple[int, int, int]] = {}
@@ -122,11 +123,12 @@ class ProcessWorker:
         max_queue: int = 256,
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
+        quantize: str = "none",
     ):
         self.max_queue, self.metrics = max_queue, Metrics()
         ctx = multiprocessing.get_context("spawn")  # never fork a process that runs torch threads
         self._conn, child = ctx.Pipe()
-        args = (path, max_batch, token_budget, child, device, dtype)
+        args = (path, max_batch, token_budget, child, device, dtype, quantize)
         self.proc = ctx.Process(target=engine_main, args=args, daemon=True)
         self.proc.start()
         child.close()

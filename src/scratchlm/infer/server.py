@@ -74,6 +74,7 @@ class ServeOptions:
     token_budget: int = 512  # tokens one engine step reads (decoding rows + prompt chunks)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     dtype: torch.dtype = torch.float32
+    quantize: str = "none"  # "int8": int8 linear layers (model/quantize.py)
 
 
 class JSON(JSONResponse):
@@ -338,6 +339,7 @@ def serve(path: str, host: str, port: int, options: ServeOptions) -> None:
         options.max_queue,
         options.device,
         options.dtype,
+        options.quantize,
     )
     loaded = runs.load_model(path)
     template = runs.chat_template(path, loaded.tokenizer)

@@ -74,6 +74,8 @@ def _run_eval(recipe: Recipe, ws: Workspace, out: Path, progress: bool) -> EvalS
     if not s.heldout:  # the pipeline's own held-out split
         s = dataclasses.replace(s, heldout=str(ws.out("tokenize")))
     device = resolve_device(recipe.pretrain.device, "pretrain.device")
+    if s.quantize == "int8":  # int8 weights are for the CPU, wherever training ran
+        device = resolve_device("cpu")
     result = evaluate_path(ws.out("pretrain"), s, device=str(device))
     write_report(out, result)
     return EvalSummary.from_result(result)

@@ -10,13 +10,14 @@ from pathlib import Path
 
 import torch
 
-from scratchlm.errors import StageError
+from scratchlm.errors import SettingsError, StageError
 from scratchlm.io import (
     atomic_write_json,
 )
 from scratchlm.model.gpt import GPT
 from scratchlm.model.heads import GPTClassifier
 from scratchlm.model.hf import read_hf
+from scratchlm.model.quantize import quantize_int8
 from scratchlm.runs.checkpoints import intact_checkpoint, load_weights
 from scratchlm.runs.layout import (
     LABELS,
@@ -81,9 +82,18 @@ class LoadedModel:
         return Path(self.source["checkpoint"]).name if self.source["kind"] == "run" else "hf"
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
+def load_model(
+    path: str | Path, device: str | torch.device = "cpu", quantize: str = "none"
+) -> LoadedModel:
     """The latest checkpoint of a run folder of ours (config.yaml), or a Hugging Face GPT-2 /
-    Llama folder (config.json, e.g. from `scratchlm export hf`), with its tokenizer."""
+    Llama folder (config.json, e.g. from `scratchlm export hf`), with its tokenizer.
+    `quantize="int8"`: every linear layer as int8 weights (model/quantize.py), CPU only."""
+    if quantize not in ("none", "int8"):
+        raise SettingsError(f"quantize={quantize!r}: expected none or int8")
+    if quantize == "int8" and torch.device(device).type != "cpu":
+        raise SettingsError(
+            f"quantize=int8 runs on the CPU; the device here is {device} (use float weights there)"
+        )
     path = require_model_folder(path)
     if is_run(path):
         ckpt = intact_checkpoint(path)
@@ -97,7 +107,10 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
         model.load_state_dict(state, strict=True)
         tokenizer = import_tokenizer(path)
         source = {"kind": "hf", "path": str(path.resolve())}
-    return LoadedModel(model.to(device).eval(), tokenizer, source)
+    model = model.to(device).eval()
+    if quantize == "int8":
+        quantize_int8(model)
+    return LoadedModel(model, tokenizer, source)
 
 
 def load_classifier(run: str | Path) -> tuple[GPTClassifier, Tokenizer, list[str]]:
