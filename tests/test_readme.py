@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import codecs
 import contextlib
+import importlib.util
 import json
 import os
 import re
@@ -89,6 +90,10 @@ EXCLUDED = {
     "GPU_CHECK_DRY_RUN=1 bash bench/gpu_check.sh": "about 5 minutes of the GPU check's steps "
     "on the CPU at tiny sizes; its parts (the cuda tests, bench/train_step.py, "
     "bench/generate.py, scratchlm run) are each tested or run elsewhere",
+    "lm_eval --model local-completions --tasks TASK --batch_size 8 --model_args model=demo,"
+    "base_url=http://127.0.0.1:8000/v1/completions,tokenizer_backend=remote,max_length=128": "TASK "
+    "stands for a task of yours; tests/test_lmeval_serve.py runs lm-eval's local-completions "
+    "against the server and compares every log-likelihood with scratchlm eval's",
     "lm_eval --model hf --model_args pretrained=work/demo/hf --include_path work/tasks "
     "--tasks my_task": "lm-eval takes a minute to start; tests/test_eval.py runs this very "
     "command on an exported model and compares every log-likelihood",
@@ -312,10 +317,34 @@ def check_output(argv: list[str], out: str) -> None:
 READMES_PYTHON = python_blocks((ROOT / "README.md").read_text())
 
 
+def readme_snippet(marker: str) -> str:
+    (code,) = [block for block in READMES_PYTHON if marker in block]
+    return code
+
+
 def test_the_readme_snippets_are_the_ones_run_here():
-    assert len(READMES_PYTHON) == 2
-    assert "from openai import OpenAI" in READMES_PYTHON[0]
-    assert "load_dataset" in READMES_PYTHON[1]
+    markers = ("from openai import OpenAI", "from llama_cpp import Llama", "load_dataset")
+    assert len(READMES_PYTHON) == len(markers)
+    assert all(readme_snippet(m) for m in markers)
+
+
+def test_the_llama_cpp_snippet_chats_with_the_exported_file(checkout):
+    """The README's llama-cpp-python lines, as written, on the file its export line made, in
+    the Python that has llama-cpp-python (its own venv: bench/llama_cpp_worker.py)."""
+    worker = ROOT / "bench" / "llama_cpp_worker.py"
+    spec = importlib.util.spec_from_file_location("llama_cpp_worker", worker)
+    llama_cpp_worker = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(llama_cpp_worker)
+    python = llama_cpp_worker.llama_cpp_python()
+    if python is None:
+        pytest.skip(f"llama-cpp-python is not installed: {llama_cpp_worker.INSTALL}")
+    if not (checkout.root / "work" / "demo" / "demo-sft.gguf").is_file():
+        pytest.skip("runs after the README's commands (run the whole file)")
+    code = readme_snippet("from llama_cpp import Llama")
+    r = subprocess.run(
+        [python, "-c", code], cwd=checkout.root, capture_output=True, text=True, timeout=600
+    )
+    assert r.returncode == 0 and r.stdout.strip(), r.stderr[-2000:]
 
 
 def test_the_datasets_snippet_reads_the_curated_shards(checkout, monkeypatch):
@@ -324,7 +353,7 @@ def test_the_datasets_snippet_reads_the_curated_shards(checkout, monkeypatch):
         pytest.skip("runs after the README's commands (run the whole file)")
     monkeypatch.chdir(checkout.root)
     namespace: dict = {"__name__": "__readme__"}
-    exec(compile(READMES_PYTHON[1], "README.md[python 2]", "exec"), namespace)
+    exec(compile(readme_snippet("load_dataset"), "README.md[datasets]", "exec"), namespace)
     assert len(namespace["ds"]) > 0 and set(namespace["ds"].column_names) >= {"id", "text"}
 
 
@@ -335,7 +364,7 @@ def test_the_openai_snippet_talks_to_the_served_chat_run(checkout, capsys, monke
         pytest.skip("runs after the README's commands (run the whole file)")
     monkeypatch.chdir(checkout.root)
     url = checkout.serve("work/demo/runs/demo-sft")
-    code = READMES_PYTHON[0].replace("http://127.0.0.1:8000", url)
+    code = readme_snippet("from openai import OpenAI").replace("http://127.0.0.1:8000", url)
     exec(compile(code, "README.md[python]", "exec"), {"__name__": "__readme__"})
     assert capsys.readouterr().out.strip()  # a streamed answer
 
