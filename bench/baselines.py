@@ -1,6 +1,12 @@
-"""Baselines the benchmarks compare against, written the way their authors write them."""
+"""Baselines the benchmarks compare against, written the way their authors write them, and
+where the benchmarks find the team's shared data."""
 
 from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -47,8 +53,26 @@ class NanoGPT(nn.Module):
     def forward(
         self, idx: torch.Tensor, targets: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self.wte(idx) + self.wpe(torch.arange(idx.size(1)))
+        x = self.wte(idx) + self.wpe(torch.arange(idx.size(1), device=idx.device))
         for block in self.h:
             x = block(x)
         logits = self.lm_head(self.ln_f(x))
         return logits, F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
+
+
+# The team's data (Gutenberg books, WikiText-2) beside the checkout, or where the variable says.
+SHARED_DATA = Path(
+    os.environ.get("SCRATCHLM_SHARED_DATA")
+    or Path(__file__).resolve().parents[2] / "shared" / "data"
+)
+
+
+def shared_data(bench: str, *needed: str) -> Path:
+    """SHARED_DATA, if it holds the `needed` folders; else the benchmark is skipped: one JSON
+    line that says what is missing, and exit status 0, so that `make bench` runs the rest."""
+    missing = [str(SHARED_DATA / name) for name in needed if not (SHARED_DATA / name).exists()]
+    if missing:
+        why = f"needs {', '.join(missing)} (the team's shared data; set SCRATCHLM_SHARED_DATA)"
+        print(json.dumps({"bench": bench, "skipped": why}))
+        sys.exit(0)
+    return SHARED_DATA

@@ -11,10 +11,18 @@ in one run, one core each unless said otherwise:
      500-word documents with 5% injected near duplicates (1% of words changed): docs/s, the
      share of injected duplicates found, false merges;
   3. scaling: all the per-document steps (filters, language ID, PII) over 10,000 documents
-     with 2 worker processes vs 1.
+     with 2 worker processes vs 1;
+  4. decontamination: the decontaminate step's n-gram index (13 words) over Gutenberg and
+     WikiText documents of ~500 words, 2% of them holding a planted benchmark item (some
+     upper-cased, re-punctuated), against every sentence of WikiText-2's test split as an item:
+     docs/s of ours, of a plain Python set of word tuples, and of datatrove 0.10.1's
+     NGramsDecontFilter (run in its own venv, bench/datatrove_decontaminate.py), alternating;
+     the planted documents each one finds, and where they disagree.
 
     pip install datatrove==0.10.1 spacy   # the baseline (not a scratchlm dependency)
+    python3 -m venv /work/venvs/datatrove && /work/venvs/datatrove/bin/pip install datatrove==0.10.1 spacy xxhash==3.5.0 regex
     python bench/curate.py [--rounds 2] [--docs 3000] [--dedup-docs 10000] [--scaling-docs 10000]
+                           [--decont-docs 5000] [--only filters,near_dedup,scaling,decontamination]
 """
 
 from __future__ import annotations
@@ -24,15 +32,16 @@ import importlib.util
 import json
 import os
 import random
-import sys
 import tempfile
 import time
 from collections import Counter
 from pathlib import Path
 
+from baselines import SHARED_DATA, shared_data
+
 from scratchlm.config import DOCUMENT_STEPS, CurateSettings
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED = SHARED_DATA
 
 
 # --------------------------------------------------------------------------- the corpus
@@ -292,28 +301,178 @@ def scaling(docs: list[str], rounds: int) -> dict:
     }
 
 
+# --------------------------------------------------------------------------- 4. decontamination
+
+DATATROVE_PYTHON = os.environ.get("DATATROVE_PYTHON", "/work/venvs/datatrove/bin/python")
+DATATROVE_INSTALL = (
+    "python3 -m venv /work/venvs/datatrove && /work/venvs/datatrove/bin/pip install "
+    "datatrove==0.10.1 spacy xxhash==3.5.0 regex  (or set DATATROVE_PYTHON to a Python that has them)"
+)
+
+
+def decont_items() -> list[tuple[str, str]]:
+    """(query, gold ending) pairs, HellaSwag-like, from every long sentence of WikiText-2 test."""
+    text = (SHARED / "wikitext-2" / "test.txt").read_text(encoding="utf-8")
+    items = []
+    for line in text.splitlines():
+        for sentence in line.split(" . "):
+            words = sentence.split()
+            if len(words) >= 20 and not sentence.lstrip().startswith("="):
+                cut = len(words) * 2 // 3
+                items.append((" ".join(words[:cut]), " ".join(words[cut:]) + " ."))
+    return items
+
+
+def decont_corpus(
+    n: int, items: list[tuple[str, str]], seed: int = 3
+) -> tuple[list[str], set[int]]:
+    """~500-word documents (Gutenberg windows and WikiText-2 valid articles); 2% hold an item,
+    some upper-cased or with extra punctuation. Returns the documents and the planted ones."""
+    from scratchlm.data.clean import strip_gutenberg
+
+    rng = random.Random(seed)
+    docs = [a for a in wikitext_articles() if len(a.split()) > 100][: n // 5]
+    for book in sorted((SHARED / "gutenberg").glob("*.txt")):
+        words = strip_gutenberg(book.read_text(encoding="utf-8", errors="replace"))[0].split()
+        docs += [" ".join(words[i : i + 500]) for i in range(0, len(words) - 499, 1000)]
+        if len(docs) >= n:
+            break
+    docs = docs[:n]
+    rng.shuffle(docs)
+    planted = set(rng.sample(range(len(docs)), len(docs) // 50))
+    for i in planted:
+        query, gold = rng.choice(items)
+        text = f"{query} {gold}"
+        text = rng.choice([text, text.upper(), text.replace(" ", ", ", 3), text.replace(" ,", ";")])
+        words = docs[i].split(" ")
+        at = rng.randrange(len(words))
+        docs[i] = " ".join(words[:at] + [text] + words[at:])
+    return docs, planted
+
+
+def set_of_tuples(items: list[tuple[str, str]], docs: list[str], n: int) -> tuple[set[int], float]:
+    """The plain way: a Python set of word n-gram tuples; a document is contaminated when any
+    of its n-grams is in the set. Returns the flagged documents and the seconds of the scan."""
+    import re
+
+    punct = re.compile(r"[^\w\s]")
+
+    def words(text: str) -> list[str]:
+        return punct.sub("", text.lower()).split()
+
+    index = set()
+    for query, gold in items:
+        w = words(f"{query} {gold}")
+        index.update(zip(*(w[k:] for k in range(n)), strict=False))
+    start = time.perf_counter()
+    flagged = set()
+    for i, text in enumerate(docs):
+        w = words(text)
+        if any(g in index for g in zip(*(w[k:] for k in range(n)), strict=False)):
+            flagged.add(i)
+    return flagged, time.perf_counter() - start
+
+
+def ngram_index(items: list[tuple[str, str]], docs: list[str], n: int) -> tuple[dict, float, int]:
+    """Ours, the decontaminate step's core: NGramIndex.scan on chunks of 64 documents.
+    Returns {flagged document: the first shared n-gram}, the seconds of the scan, the n-grams."""
+    from scratchlm.data.benchmarks import Benchmark
+    from scratchlm.data.ngrams import NGramIndex
+
+    index = NGramIndex([Benchmark("items", [f"{q} {g}" for q, g in items])], n)
+    start = time.perf_counter()
+    flagged = {}
+    for c in range(0, len(docs), 64):
+        for i, matches in enumerate(index.scan(docs[c : c + 64]), start=c):
+            if matches:
+                flagged[i] = index.ngram_text(matches[0].at)
+    return flagged, time.perf_counter() - start, index.ngrams
+
+
+def run_datatrove(items: list[tuple[str, str]], docs: list[str], n: int, tmp: Path) -> dict:
+    import subprocess
+
+    (tmp / "in.json").write_text(json.dumps({"n": n, "items": items, "docs": docs}))
+    script = Path(__file__).with_name("datatrove_decontaminate.py")
+    subprocess.run([DATATROVE_PYTHON, str(script), str(tmp / "in.json"), str(tmp / "out.json")], check=True)  # fmt: skip
+    return json.loads((tmp / "out.json").read_text())
+
+
+def decontamination(n_docs: int, rounds: int, n: int = 13) -> dict:
+    items = decont_items()
+    docs, planted = decont_corpus(n_docs, items)
+    has_datatrove = Path(DATATROVE_PYTHON).is_file()
+    start = time.perf_counter()
+    ngram_index(items, docs[:1], n)
+    build = time.perf_counter() - start
+    best = {"ours": float("inf"), "set_of_tuples": float("inf"), "datatrove": float("inf")}
+    found: dict[str, set[int]] = {}
+    shared: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for _ in range(rounds):  # alternate A, B, C
+            shared["ours"], t, ngrams = ngram_index(items, docs, n)
+            found["ours"] = set(shared["ours"])
+            best["ours"] = min(best["ours"], t)
+            found["set_of_tuples"], t = set_of_tuples(items, docs, n)
+            best["set_of_tuples"] = min(best["set_of_tuples"], t)
+            if has_datatrove:
+                dt = run_datatrove(items, docs, n, Path(tmp))
+                shared["datatrove"] = {int(i): g for i, g in dt["flagged"].items()}
+                found["datatrove"] = set(shared["datatrove"])
+                best["datatrove"] = min(best["datatrove"], dt["seconds"])
+    words = sum(len(d.split()) for d in docs) / len(docs)
+    result: dict = {
+        "documents": len(docs),
+        "words_per_document": round(words),
+        "items": len(items),
+        "index_ngrams": ngrams,
+        "index_build_seconds": round(build, 2),
+        "planted": len(planted),
+        "docs_per_second": {
+            k: round(len(docs) / v, 1) for k, v in best.items() if v < float("inf")
+        },
+        "speedup_vs_set_of_tuples": round(best["set_of_tuples"] / best["ours"], 2),
+        "planted_found": {k: len(v & planted) for k, v in found.items()},
+        "flagged_beyond_planted": {k: len(v - planted) for k, v in found.items()},
+        "ours_beyond_planted": {i: shared["ours"][i] for i in sorted(found["ours"] - planted)[:5]},
+    }
+    if has_datatrove:
+        result["speedup_vs_datatrove"] = round(best["datatrove"] / best["ours"], 2)
+        ours_only = sorted(found["ours"] - found["datatrove"])
+        theirs_only = sorted(found["datatrove"] - found["ours"])
+        result["ours_only"] = {i: shared["ours"][i] for i in ours_only[:5]} | {"count": len(ours_only)}  # fmt: skip
+        result["datatrove_only"] = {i: shared["datatrove"][i] for i in theirs_only[:5]} | {"count": len(theirs_only)}  # fmt: skip
+        result["datatrove"] = {"hashes": dt["ngrams"], "index_build_seconds": round(dt["index_seconds"], 2)}  # fmt: skip
+    else:
+        result["datatrove"] = {"skipped": f"not installed: {DATATROVE_INSTALL}"}
+    return result
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--docs", type=int, default=3000)
     p.add_argument("--dedup-docs", type=int, default=10000)
     p.add_argument("--scaling-docs", type=int, default=10000)
+    p.add_argument("--decont-docs", type=int, default=5000)
+    p.add_argument("--only", default="filters,near_dedup,scaling,decontamination")
     args = p.parse_args()
-    if not SHARED.is_dir():
-        sys.exit(f"needs {SHARED} (Gutenberg and WikiText-2)")
-    docs = build_corpus(args.docs)
-    result = {
-        "cpu_cores": os.cpu_count(),
-        "threads_per_process": 1,
-        "filters_vs_datatrove": (
-            compare_filters(docs, args.rounds)
+    shared_data("curate", "gutenberg", "wikitext-2")
+    only = set(args.only.split(","))
+    result: dict = {"cpu_cores": os.cpu_count(), "threads_per_process": 1, "load": os.getloadavg()}
+    if "filters" in only:
+        result["filters_vs_datatrove"] = (
+            compare_filters(build_corpus(args.docs), args.rounds)
             if importlib.util.find_spec("datatrove") and importlib.util.find_spec("spacy")
             else {"skipped": "the baseline is missing: pip install datatrove==0.10.1 spacy"}
-        ),
-        "near_dedup": dedup_bench(args.dedup_docs),
+        )
+    if "near_dedup" in only:
+        result["near_dedup"] = dedup_bench(args.dedup_docs)
+    if "scaling" in only:
         # big enough that starting the workers (spawn, imports, fastText loads: ~1 s) is amortised
-        "scaling": scaling(build_corpus(args.scaling_docs, seed=2), args.rounds),
-    }
+        result["scaling"] = scaling(build_corpus(args.scaling_docs, seed=2), args.rounds)
+    if "decontamination" in only:
+        result["decontamination"] = decontamination(args.decont_docs, args.rounds)
     print(json.dumps(result, indent=1, default=dict))
 
 

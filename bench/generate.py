@@ -1,12 +1,20 @@
-"""Generation benchmark: greedy decode tokens/s and time to first token on CPU, float32.
+"""Generation benchmark: greedy decode tokens/s and time to first token, batch 1.
 
 scratchlm's generator (infer/generate.py, KV cache) against HF transformers' `generate`
 (greedy, use_cache=True) on the same weights: a GPT-2-layout model with random weights is
 written by `export_hf` (what `scratchlm export hf` does) and loaded back by
-`AutoModelForCausalLM`. Shapes: ~10M and GPT-2 124M. Rounds alternate ours and HF; each side
-reports its median round. The greedy tokens must be identical. Prints JSON.
+`AutoModelForCausalLM`; both are then moved to --device in --dtype (the weights themselves:
+what `scratchlm generate / serve --dtype` do). Shapes: ~10M and GPT-2 124M. Rounds alternate
+ours and HF; each side reports its median round. The greedy tokens should be identical
+(always in float32; in bf16 two correct implementations may round a near-tie apart).
+
+Decoding one token reads every weight once, so its speed limit is memory bandwidth, not
+arithmetic: beside tokens/s, `bandwidth_use` is weight bytes x tokens/s over this device's
+measured copy bandwidth (read + write of a large tensor), and `mfu` is 2 x params x tokens/s
+over the measured matmul peak in the same dtype. Prints JSON (and writes it to --out).
 
     python bench/generate.py [--shapes 10m,124m] [--rounds 3] [--new-tokens 128]
+    python bench/generate.py --device cuda --dtype bfloat16 --shapes 124m
 """
 
 from __future__ import annotations
@@ -17,15 +25,18 @@ import os
 import statistics
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 
 from scratchlm.config import ModelConfig, build
+from scratchlm.device import DTYPES, resolve_device
 from scratchlm.export.hf import export_hf
 from scratchlm.infer.generate import Row, generate_rows
 from scratchlm.infer.layout import prepare_for_generation
 from scratchlm.infer.sampling import Sampling
 from scratchlm.model.gpt import GPT
+from scratchlm.train.mfu import measure_matmul_peak
 
 SHAPES = {
     "10m": dict(vocab_size=8192, block_size=512, n_layer=6, n_head=6, n_embd=384),
@@ -59,9 +70,30 @@ class FirstToken:
         pass
 
 
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def copy_bandwidth(device: torch.device, dtype: torch.dtype, gigabytes: float) -> float:
+    """Bytes/s of a device-to-device copy of a large tensor, bytes read + bytes written."""
+    n = int(gigabytes * 1e9 / 2 / torch.finfo(dtype).bits * 8)
+    a = torch.randn(n, device=device).to(dtype)
+    b = torch.empty_like(a)
+    b.copy_(a)  # warm up
+    synchronize(device)
+    best = float("inf")
+    for _ in range(5):
+        start = time.perf_counter()
+        b.copy_(a)
+        synchronize(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * a.numel() * a.element_size() / best
+
+
 def hf(model, prompt: list[int], n: int) -> tuple[list[int], float, float]:
     streamer = FirstToken()
-    ids = torch.tensor([prompt])
+    ids = torch.tensor([prompt], device=model.device)
     start = time.perf_counter()
     with torch.inference_mode():
         out = model.generate(
@@ -74,19 +106,22 @@ def hf(model, prompt: list[int], n: int) -> tuple[list[int], float, float]:
             eos_token_id=None,  # random weights: never stop early, on either side
             pad_token_id=0,
         )
+    synchronize(model.device)
     end = time.perf_counter()
     return out[0, len(prompt) :].tolist(), streamer.first - start, end - streamer.first
 
 
-def bench_shape(key: str, rounds: int, n: int, prompt_len: int) -> dict:
+def bench_shape(key: str, args: argparse.Namespace, device, dtype, peaks: dict) -> dict:
     from transformers import AutoModelForCausalLM
 
+    rounds, n, prompt_len = args.rounds, args.new_tokens, args.prompt_tokens
     torch.manual_seed(0)
     model = GPT(build(ModelConfig, {"preset": "gpt2-124m", **SHAPES[key]})).eval()
     params = model.num_params(non_embedding=False)
     folder = tempfile.mkdtemp()
     export_hf(model, None, folder)
-    theirs = AutoModelForCausalLM.from_pretrained(folder).eval()
+    theirs = AutoModelForCausalLM.from_pretrained(folder).eval().to(device, dtype)
+    model.to(device, dtype)
     prepare_for_generation(model)  # what `scratchlm generate / chat / serve` run
     prompt = torch.randint(SHAPES[key]["vocab_size"], (prompt_len,)).tolist()
     sides = {"scratchlm": lambda: ours(model, prompt, n), "hf": lambda: hf(theirs, prompt, n)}
@@ -101,6 +136,7 @@ def bench_shape(key: str, rounds: int, n: int, prompt_len: int) -> dict:
             outputs[name] = tokens
     decode = {k: round((n - 1) / statistics.median(r for _, r in v), 1) for k, v in times.items()}
     ttft = {k: round(1000 * statistics.median(t for t, _ in v), 1) for k, v in times.items()}
+    weight_bytes = params * torch.finfo(dtype).bits // 8
     return {
         "params": params,
         "prompt_tokens": prompt_len,
@@ -108,7 +144,17 @@ def bench_shape(key: str, rounds: int, n: int, prompt_len: int) -> dict:
         "decode_tokens_per_second": decode,
         "time_to_first_token_ms": ttft,
         "decode_ratio_vs_hf": round(decode["scratchlm"] / decode["hf"], 3),
+        "bandwidth_use": {k: round(weight_bytes * v / peaks["copy"], 3) for k, v in decode.items()},
+        "mfu": {k: round(2 * params * v / peaks["matmul"], 4) for k, v in decode.items()},
         "greedy_identical": outputs["scratchlm"] == outputs["hf"],
+        "first_difference": next(
+            (
+                i
+                for i, (a, b) in enumerate(zip(outputs["scratchlm"], outputs["hf"], strict=False))
+                if a != b
+            ),
+            None,
+        ),
     }
 
 
@@ -119,18 +165,35 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--prompt-tokens", type=int, default=64)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--device", default="auto", help="cpu, cuda or auto (cuda if there is one)")
+    ap.add_argument("--dtype", default="float32", help="the weights' dtype: float32, bfloat16")
+    ap.add_argument("--out", help="also write the JSON here")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    device, dtype = resolve_device(args.device, "--device"), DTYPES[args.dtype]
+    size = 8192 if device.type == "cuda" else 1024
+    peaks = {
+        "matmul": measure_matmul_peak(device, size, 1.0, dtype),
+        "copy": copy_bandwidth(device, dtype, 4.0 if device.type == "cuda" else 0.4),
+    }
     result = {
         "bench": "generate_greedy_batch1",
-        "dtype": "float32",
+        "torch": torch.__version__,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "dtype": args.dtype,
         "threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
+        f"{args.dtype}_matmul_peak_tflops": round(peaks["matmul"] / 1e12, 3),
+        "copy_bandwidth_gb_per_s": round(peaks["copy"] / 1e9, 1),
     }
     for key in args.shapes.split(","):
-        result[key] = bench_shape(key, args.rounds, args.new_tokens, args.prompt_tokens)
-    print(json.dumps(result, indent=2))
+        result[key] = bench_shape(key, args, device, dtype, peaks)
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text + "\n")
 
 
 if __name__ == "__main__":

@@ -25,7 +25,9 @@ from collections import Counter
 from itertools import pairwise
 from pathlib import Path
 
-GUTENBERG = Path(__file__).resolve().parents[2] / "shared" / "data" / "gutenberg"
+from baselines import SHARED_DATA, shared_data
+
+GUTENBERG = SHARED_DATA / "gutenberg"
 
 
 def load_slices(train_chars: int, heldout_chars: int) -> tuple[list[str], list[str]]:
@@ -182,8 +184,7 @@ def main() -> None:
     if args.child:
         child(args.child, args.vocab, args.workers, args.out)
         return
-    if not GUTENBERG.is_dir():
-        sys.exit(f"needs {GUTENBERG} (the team's shared data)")
+    shared_data("tokenizer", "gutenberg")
     cores = os.cpu_count() or 1
     result: dict = {
         "bench": "tokenizer",

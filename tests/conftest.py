@@ -30,7 +30,7 @@ def tiny_recipe_dict(**sections) -> dict:
         "generate": {"prompts": ["The "], "max_new_tokens": 12},
     }
     for name, values in sections.items():
-        data[name].update(values)
+        data.setdefault(name, {}).update(values)
     return data
 
 

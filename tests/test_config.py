@@ -31,6 +31,20 @@ def test_overrides_are_typed():
     assert r.curate.sources == ["a.txt", "b.jsonl"]
 
 
+def test_a_preset_on_the_command_line_sets_its_keys_over_the_recipes():
+    from scratchlm.config import MODEL_PRESETS
+
+    tiny = MODEL_PRESETS["llama-tiny"]
+    r = load_recipe(None, ["model.preset=llama-tiny"]).model  # the demo writes its own shape
+    assert (r.n_embd, r.block_size, r.n_kv_head) == (tiny["n_embd"], tiny["block_size"], 2)
+    assert r.n_embd != load_recipe().model.n_embd
+    # keys given on the command line beside it still win, whatever their order
+    r = load_recipe(None, ["model.block_size=64", "model.preset=llama-tiny"]).model
+    assert r.block_size == 64 and r.n_embd == tiny["n_embd"]
+    # inside a recipe, the keys written beside a preset win (gpt2-124m sets block_size)
+    assert load_recipe("gpt2-124m").model.n_embd == MODEL_PRESETS["gpt2-124m"]["n_embd"]
+
+
 def test_single_value_for_a_list_becomes_a_list_of_one():
     assert load_recipe(None, ["curate.sources=corpus.txt"]).curate.sources == ["corpus.txt"]
 
@@ -41,7 +55,7 @@ def test_single_value_for_a_list_becomes_a_list_of_one():
         ("model.n_layer=abc", ["model.n_layer", "'abc'", "an integer >= 1"]),
         ("model.n_layer=2.5", ["model.n_layer", "2.5", "an integer"]),
         ("model.n_layer=0", ["model.n_layer", "0", ">= 1"]),
-        ("pretrain.lr=fast", ["pretrain.lr", "'fast'", "a number"]),
+        ("pretrain.lr=fast", ["pretrain.lr", "'fast'", "a finite number"]),
         ("curate.fix_mojibake=maybe", ["curate.fix_mojibake", "'maybe'", "true or false"]),
         ("tokenizer.vocab_size=100", ["tokenizer.vocab_size", "100", "from 257 to 131072"]),
         ("tokenize.val_fraction=0.9", ["tokenize.val_fraction", "0.9", "from 0.0 to 0.5"]),

@@ -381,13 +381,14 @@ def test_bad_input_of_every_kind_is_counted(tmp_path):
     (src / "d.parquet").write_bytes(b"PAR1 not really parquet")
     s = CurateSettings(sources=[str(src)], min_words=1, max_doc_chars=10_000)
     report = curate(s, tmp_path / "out", progress=False)
-    assert report["bad_input"] == {
+    assert {kind: b["count"] for kind, b in report["bad_input"].items()} == {
         "malformed_json_line": 1,
         "missing_text_field": 1,
         "invalid_utf8_repaired": 1,
         "binary_file": 1,
         "corrupt_file": 1,
     }
+    assert report["bad_input"]["corrupt_file"]["where"] == [str(src / "d.parquet")]
     assert report["dropped"]["empty"]["count"] == 1
     assert report["dropped"]["huge_document"]["count"] == 1
     assert report["documents_out"] == 2

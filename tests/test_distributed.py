@@ -38,6 +38,14 @@ PRETRAIN = {
     "peak_flops": 1e11,
 }
 MODEL = {"n_layer": 2, "n_head": 2, "dropout": 0.0}  # no dropout: results must not depend on RNG
+# The demo's architecture and optimizer: Muon over sharded matrices, SwiGLU split by tp.
+LLAMA_MUON = [
+    "pretrain.optimizer=muon",
+    "model.mlp=swiglu",
+    "model.norm=rmsnorm",
+    "model.position=rope",
+    "model.tie_embeddings=false",
+]
 
 
 def free_port() -> int:
@@ -56,6 +64,7 @@ def work(tmp_path_factory) -> Path:
     for stage in ("curate", "tokenizer", "tokenize"):
         run_stage(stage, one_process_recipe(root, "single"), ws, progress=False)
     run_in_process(root, "single")
+    run_in_process(root, "single-muon", *LLAMA_MUON)
     return root
 
 
@@ -72,9 +81,16 @@ def run_in_process(root: Path, name: str, *sets: str) -> None:
 
 
 def launch(
-    root: Path, nproc: int, name: str, *sets: str, script: str | None = None, extra=()
+    root: Path,
+    nproc: int,
+    name: str,
+    *sets: str,
+    script: str | None = None,
+    extra=(),
+    ours: bool = False,
 ) -> subprocess.CompletedProcess:
-    """`scratchlm pretrain` (or `script`) on `nproc` processes through torchrun."""
+    """`scratchlm pretrain` (or `script`) on `nproc` processes through torchrun, or (`ours`)
+    through `scratchlm pretrain --nproc-per-node`, which starts torchrun itself."""
     args = ["pretrain", str(root / "recipe.yaml"), "--work", str(root / "work"), "-q"]
     args += ["--set", f"pretrain.name={name}"]
     for s in sets:
@@ -83,7 +99,11 @@ def launch(
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc)]
     cmd += ["--master-addr", "127.0.0.1", "--master-port", str(free_port()), *extra]
     cmd += [*target, *args]
-    env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent)}
+    if ours:
+        cmd = [sys.executable, "-m", "scratchlm", *args, "--nproc-per-node", str(nproc)]
+    # The tests folder (for scripts that import conftest) before whatever path was given.
+    path = os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")]))
+    env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": path}
     # The timeout turns a hang into a failure; it is not a speed requirement.
     return subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
 
@@ -106,8 +126,8 @@ def final_weights(root: Path, name: str) -> dict[str, torch.Tensor]:
     return load_file(str(runs.latest_checkpoint(run_dir(root, name)) / "model.safetensors"))
 
 
-def assert_same_weights(root: Path, name: str, atol: float) -> None:
-    ref, got = final_weights(root, "single"), final_weights(root, name)
+def assert_same_weights(root: Path, name: str, atol: float, ref_name: str = "single") -> None:
+    ref, got = final_weights(root, ref_name), final_weights(root, name)
     assert ref.keys() == got.keys()
     for k in ref:
         torch.testing.assert_close(got[k], ref[k], rtol=0, atol=atol, msg=k)
@@ -116,20 +136,27 @@ def assert_same_weights(root: Path, name: str, atol: float) -> None:
 @pytest.mark.parametrize(
     "strategy, nproc, sets, tol",
     [
-        ("ddp", 2, ["pretrain.grad_accum=2"], 1e-6),
+        ("ddp", 2, ["pretrain.grad_accum=2"], 1e-6),  # started by scratchlm --nproc-per-node
         ("fsdp", 2, ["pretrain.grad_accum=2"], 1e-4),
-        ("tp", 2, [], 1e-4),  # every rank sees the whole batch; tp_size's default is ignored
-        ("fsdp+tp", 4, ["pretrain.grad_accum=2", "parallel.tp_size=2"], 1e-4),
+        ("fsdp", 2, ["pretrain.grad_accum=2", *LLAMA_MUON], 1e-4),
+        ("tp", 2, LLAMA_MUON, 1e-4),  # every rank sees the whole batch; tp_size is ignored
+        ("fsdp+tp", 4, ["pretrain.grad_accum=2", "parallel.tp_size=2", *LLAMA_MUON], 1e-4),
     ],
+    ids=["ddp", "fsdp", "fsdp-muon-swiglu", "tp-muon-swiglu", "fsdp+tp-muon-swiglu"],
 )
 def test_strategy_matches_one_process(work, strategy, nproc, sets, tol):
-    name = strategy.replace("+", "")
-    result = launch(work, nproc, name, f"parallel.strategy={strategy}", *sets)
+    muon = "pretrain.optimizer=muon" in sets
+    name, ref = (
+        strategy.replace("+", "") + ("-muon" if muon else ""),
+        "single-muon" if muon else "single",
+    )
+    ours = strategy == "ddp"
+    result = launch(work, nproc, name, f"parallel.strategy={strategy}", *sets, ours=ours)
     assert result.returncode == 0, result.stdout + result.stderr
-    diff = max_rel_diff(losses(work, "single"), losses(work, name))
+    diff = max_rel_diff(losses(work, ref), losses(work, name))
     print(f"{strategy}: max relative loss difference over {STEPS} steps {diff:.2e}")
     assert diff <= tol
-    assert_same_weights(work, name, atol=1e-5)
+    assert_same_weights(work, name, atol=1e-5, ref_name=ref)
     # Rank 0 alone prints: one summary line, not one per process.
     assert result.stdout.count("pretrain   ran") == 1
     meta = json.loads((runs.latest_checkpoint(run_dir(work, name)) / "meta.json").read_text())
@@ -171,6 +198,19 @@ def test_checkpoints_reshard_between_world_sizes(work):
         print(f"{name}: max relative loss difference after resuming {diff:.2e}")
         assert diff <= 1e-4
         assert_same_weights(work, name, atol=1e-5)
+
+
+def test_a_fixed_grad_accum_keeps_the_global_batch_on_fewer_processes(work):
+    # 2 fsdp ranks x grad_accum 2 x 4 sequences = 16 a step. Resumed in one process with the
+    # same grad_accum=2, that would be 8: grad_accum becomes 4 and the losses stay the single run's.
+    if not run_dir(work, "fsdp").exists():
+        launch(work, 2, "fsdp", "parallel.strategy=fsdp", "pretrain.grad_accum=2")
+    resumed_copy(work, "fsdp", "fixed-accum")
+    run_in_process(work, "fixed-accum", "pretrain.resume=auto", "pretrain.grad_accum=2")
+    ref, got = losses(work, "single"), losses(work, "fixed-accum")
+    assert max_rel_diff({k: ref[k] for k in got}, got) <= 1e-4
+    meta = runs.read_meta(runs.latest_checkpoint(run_dir(work, "fixed-accum")))
+    assert (meta["global_batch"], meta["data_parallel"]) == (16, 1)
 
 
 CRASHER = """
@@ -235,13 +275,30 @@ def test_impossible_layouts_are_refused_before_any_work():
         check_settings(ParallelSettings(strategy="tp"), cfg, s, world=2)
     with pytest.raises(SettingsError, match="parallel.tp_size=4"):
         check_settings(ParallelSettings(strategy="fsdp+tp", tp_size=4), ModelConfig(), s, world=6)
-    with pytest.raises(SettingsError, match="pretrain.optimizer=muon"):
-        check_settings(
-            ParallelSettings(strategy="fsdp"), ModelConfig(), PretrainSettings(optimizer="muon"), 2
-        )
     with pytest.raises(SettingsError, match="parallel.cpu_offload=true"):
         check_settings(ParallelSettings(strategy="fsdp", cpu_offload=True), ModelConfig(), s, 2)
+    # every problem at once, not one per attempt
+    with pytest.raises(SettingsError, match="3 problems") as e:
+        check_settings(ParallelSettings(strategy="tp", cpu_offload=True), cfg, s, world=2)
+    assert all(k in str(e.value) for k in ("cpu_offload", "model.n_head=3", "model.n_kv_head=3"))
     check_settings(ParallelSettings(strategy="tp"), cfg, s, world=1)  # one process: fine
+    muon_swiglu = ModelConfig(mlp="swiglu", n_embd=192, n_head=4)  # the demo's: fine now
+    for strategy in ("fsdp", "tp", "fsdp+tp"):
+        check_settings(ParallelSettings(strategy=strategy), muon_swiglu, PretrainSettings(optimizer="muon"), 4)  # fmt: skip
+
+
+def test_a_layout_that_cannot_work_is_refused_before_any_worker_starts(work):
+    """Every problem in one message: before torchrun starts (scratchlm pretrain
+    --nproc-per-node), or once, from rank 0, when torchrun was started by hand."""
+    bad = ["parallel.strategy=tp", "model.n_head=3", "model.n_embd=48", "parallel.cpu_offload=true"]
+    result = launch(work, 2, "refused", *bad, ours=True)
+    assert result.returncode == 2
+    assert result.stderr.startswith("scratchlm: error: 3 problems with this layout"), result.stderr
+    assert "Traceback" not in result.stderr and "torch.distributed" not in result.stderr
+    assert "model.n_head=3" in result.stderr and "parallel.cpu_offload" in result.stderr
+    by_hand = launch(work, 2, "refused", *bad)
+    assert by_hand.returncode != 0 and by_hand.stderr.count("scratchlm: error:") == 1
+    assert not run_dir(work, "refused").exists()
 
 
 def test_sigterm_to_torchrun_stops_every_rank_at_the_same_step_with_a_checkpoint(work):

@@ -206,6 +206,9 @@ def test_malformed_lines_are_skipped_and_counted_and_an_empty_task_is_an_error(t
     path = write_lines(tmp_path / "t.jsonl", [good, "{not json", {"context": "x"}, good | {"answer": 5}, "", good])  # fmt: skip
     items, skipped = load_items(str(path))
     assert len(items) == 2 and skipped == [2, 3, 4]
+    nested = "[" * 100_000 + "]" * 100_000  # deeper than the JSON parser goes
+    items, skipped = load_items(str(write_lines(tmp_path / "n.jsonl", [good, nested, good])))
+    assert len(items) == 2 and skipped == [2]
     with pytest.raises(StageError, match=r"bad\.jsonl: no valid item \(1 malformed line\(s\), first at line 1\)"):  # fmt: skip
         load_items(str(write_lines(tmp_path / "bad.jsonl", ["[1, 2]"])))
     with pytest.raises(StageError, match="no such file"):
@@ -226,6 +229,7 @@ def test_builtin_tasks_are_made_from_text_alone():
     assert len(cloze(posts, 5, seed=0)) == 5  # short documents are read as one text
     with pytest.raises(StageError, match="at least 30 words"):
         cloze(["Too short."], 5, seed=0)
+    assert len({it.id for it in cloze(texts, 500, seed=1)}) == 500  # no item twice
     for item in shuffle(texts, 50, seed=1):
         real, fake = item.choices[item.answer], item.choices[1 - item.answer]
         assert sorted(real.split()) == sorted(fake.split()) and real != fake
@@ -321,6 +325,29 @@ def test_text_file_perplexity_and_settings_are_checked(run, tmp_path, capsys):
     assert result["perplexity"]["bytes"] == len(text.read_bytes())
     assert main(args + ["--set", "eval.stride=-1"]) == 2
     assert "eval.stride=-1" in capsys.readouterr().err
+
+
+def test_builtin_items_on_a_short_text_are_distinct_and_counted_as_they_are(run, tmp_path, capsys):
+    """`eval --text` on a few dozen words: as many items as there are different passages
+    (not 500 with repeats and falsely tight intervals); too few words: the tasks are skipped
+    with the reason, and the perplexity is still reported."""
+    run_dir = run.out("pretrain")
+    sentence = "The for statement is used to iterate over the elements of a sequence."  # 13 words
+    for text, most in (((sentence + " ") * 4, 13), (" ".join(f"w{i}" for i in range(45)), 16)):
+        path = tmp_path / "short.txt"
+        path.write_text(text)
+        assert main(["eval", str(run_dir), "--text", str(path)]) == 0
+        result = json.loads((run_dir / "eval.json").read_text())
+        for task in ("cloze", "shuffle"):
+            t = result["tasks"][task]
+            assert 0 < t["items"] <= most and len(set(t["item_ids"])) == t["items"]
+    path.write_text("Too short to make a single item of.")
+    capsys.readouterr()
+    assert main(["eval", str(run_dir), "--text", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "bits per byte" in out
+    assert "cloze: not scored: built-in tasks need at least 30 words" in out
+    assert json.loads((run_dir / "eval.json").read_text())["tasks"] == {}
 
 
 def test_a_shard_file_scores_like_its_documents_as_text(run):

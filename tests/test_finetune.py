@@ -128,6 +128,15 @@ def test_malformed_records_are_skipped_with_line_numbers(tmp_path):
     assert "no 'output' field" in loaded.skipped[1]
 
 
+def test_a_record_nested_too_deep_is_skipped_with_its_line(tmp_path):
+    nested = "[" * 100_000 + "]" * 100_000
+    good = {"instruction": "a", "output": "b"}
+    loaded = records.load(str(write_jsonl(tmp_path / "d.jsonl", [good, nested, good])), records.to_messages, "finetune.data")  # fmt: skip
+    assert len(loaded.examples) == 2 and [s.split(":")[0] for s in loaded.skipped] == ["line 2"]
+    with pytest.raises(StageError, match="not valid JSON"):
+        records.load(str(write_jsonl(tmp_path / "d.json", [nested])), records.to_messages, "x")
+
+
 def test_empty_or_missing_data_is_a_clear_error(tmp_path):
     with pytest.raises(StageError, match="no usable record .*line 1"):
         records.load(str(write_jsonl(tmp_path / "e.jsonl", ["[]"])), records.to_messages, "x")
@@ -165,6 +174,34 @@ def test_sft_trains_saves_reloads_and_exports_with_its_template(base_run, tmp_pa
     x = torch.tensor([ids])
     with torch.no_grad():
         torch.testing.assert_close(hf(x).logits, model(x)[0], atol=1e-4, rtol=1e-4)
+
+
+def test_hf_generate_on_an_exported_chat_run_stops_where_our_chat_does(base_run, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    from scratchlm.config import GenerateSettings
+    from scratchlm.export.hf import export_run
+    from scratchlm.infer.chat import Chat
+
+    # Short replies, learned well: the model ends each one with <|end|>, not <|endoftext|>.
+    rows = [{"instruction": f"Question {i}?", "output": "Yes."} for i in range(40)]
+    out = tmp_path / "sft"
+    finetune(settings(data=str(write_jsonl(tmp_path / "yes.jsonl", rows)), max_steps=80, lr=1e-2), base_run, out, progress=False)  # fmt: skip
+    export_run(out, tmp_path / "hf")
+    gen = json.loads((tmp_path / "hf" / "generation_config.json").read_text())
+    loaded = runs.load_model(out)
+    tok, template = loaded.tokenizer, runs.saved_chat_template(out)
+    assert tok.special_tokens[template.end] in gen["eos_token_id"]
+
+    chat = Chat(loaded.model, tok, template, GenerateSettings(temperature=0, max_new_tokens=40))
+    ours, _ = chat.reply("Question 7?", lambda piece: None)
+    ids, _ = template.render(tok, [{"role": "user", "content": "Question 7?"}], add_generation_prompt=True)  # fmt: skip
+    room = loaded.model.cfg.block_size - len(ids)  # the chat's budget, too
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    with torch.no_grad():
+        generated = hf.generate(torch.tensor([ids]), do_sample=False, max_new_tokens=room)
+    new = generated[0, len(ids) :].tolist()
+    assert len(new) < room and new[-1] == tok.special_tokens[template.end]  # stopped at <|end|>
+    assert tok.decode(new[:-1]) == ours
 
 
 def test_lora_trains_only_adapters_and_merging_changes_nothing(base_run, tmp_path):
@@ -370,3 +407,58 @@ def test_epoch_batches_cover_every_item_once_per_epoch_reproducibly():
     epochs = [[i for step in range(e * 3, e * 3 + 3) for i in order(step)] for e in range(2)]
     assert all(sorted(e) == list(range(10)) for e in epochs) and epochs[0] != epochs[1]
     assert EpochBatches(10, 4, seed=3)(4) == order(4)  # the same seed, the same batches
+
+
+def test_unmerged_adapters_follow_their_base_by_checksum(tmp_path):
+    """A LoRA run keeps only its adapters and the path of its base. When the base is trained
+    again, the old one is kept aside, and the adapters are applied to it, found by checksum;
+    when no copy of the weights they were trained on is left, loading them is refused."""
+    import shutil
+
+    recipe = tiny_recipe(pretrain={"max_steps": 10, "eval_every": 10})
+    ws = Workspace(tmp_path / "work", "tiny")
+    run_pipeline(recipe, ws, progress=False)
+    base, lora = ws.out("pretrain"), tmp_path / "lora"
+    data = write_jsonl(tmp_path / "qa.jsonl", qa_rows())
+    summary = finetune(settings(data=str(data), lora_rank=4, max_steps=3), base, lora, False)
+    assert len(summary.base["sha256"]) == 64
+    x = torch.randint(0, 100, (1, 8))
+    before = runs.load_model(lora).model(x)[0]
+
+    recipe.pretrain.max_steps = 12  # the base is trained again; the old one is kept aside
+    run_pipeline(recipe, ws, progress=False)
+    (kept,) = runs.kept_runs(base)
+    torch.testing.assert_close(runs.load_model(lora).model(x)[0], before, rtol=0, atol=0)
+
+    shutil.rmtree(kept)  # no copy left; other weights where the old checkpoint was
+    shutil.copytree(runs.latest_checkpoint(base), base / "checkpoints" / "step_000010")
+    with pytest.raises(StageError, match="checksum mismatch"):
+        runs.load_model(lora)
+
+
+def test_finetuning_again_into_a_run_keeps_the_one_there(base_run, tmp_path, capsys):
+    data = write_jsonl(tmp_path / "qa.jsonl", qa_rows())
+    args = ["finetune", "sft", str(base_run), "--data", str(data), "--out", str(tmp_path / "ft")]
+    args += ["-q", "--set", "finetune.max_steps=2", "--set", "finetune.threads=1"]
+    assert main(args) == 0
+    first = load_file(str(runs.latest_checkpoint(tmp_path / "ft") / "model.safetensors"))
+    assert main([*args, "--set", "finetune.lr=1e-2"]) == 0
+    (kept,) = runs.kept_runs(tmp_path / "ft")
+    assert f"is kept as {kept}" in capsys.readouterr().out
+    again = load_file(str(runs.latest_checkpoint(kept) / "model.safetensors"))
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    # a bad data file changes nothing: the run there stays where it is
+    assert main([*args[:4], str(tmp_path / "missing.jsonl"), *args[5:]]) == 2
+    assert runs.kept_runs(tmp_path / "ft") == [kept] and runs.is_run(tmp_path / "ft")
+
+
+def test_a_short_run_warms_up_for_a_tenth_of_it_at_most():
+    """The README's LoRA example is 5 steps: inside a 10-step warmup it never reached its
+    learning rate and learned nothing visible."""
+    from scratchlm.finetune.loop import lr_at
+
+    s = settings(lr=1e-3, warmup_steps=10)
+    assert lr_at(0, 5, s) == pytest.approx(1e-3)  # no warmup in a 5-step run
+    assert lr_at(0, 50, s) == pytest.approx(1e-3 / 5) and lr_at(4, 50, s) == pytest.approx(1e-3)
+    assert lr_at(9, 1000, s) == pytest.approx(1e-3)  # a long run: the setting as it is
+    assert lr_at(0, 1000, s) == pytest.approx(1e-4)

@@ -99,3 +99,36 @@ def test_streamed_pieces_make_the_reply(tiny_run):
     seen: list[str] = []
     answer, _ = c.reply("Hi", seen.append)
     assert "".join(seen) == answer and len(seen) >= 2
+
+
+def test_every_turn_samples_with_a_seed_of_its_own(tiny_run):
+    """The same seed on two questions draws the same noise: a weak model then answers both
+    alike. Each turn gets its own, different for different questions after /reset too, and
+    the same again when a session is replayed with the same seed and messages."""
+
+    def seeds_of(messages: list[str]) -> list[int]:
+        c, seeds = chat(tiny_run, max_new_tokens=2, seed=5), []
+        real = c.turn_seed
+        c.turn_seed = lambda ids: seeds.append(real(ids)) or seeds[-1]  # a spy
+        for m in messages:
+            if m == "/reset":
+                c.reset()
+            else:
+                c.reply(m, lambda _: None)
+        return seeds
+
+    seeds = seeds_of(["Who is Romeo?", "/reset", "Who is Juliet?", "And Tybalt?"])
+    assert len(set(seeds)) == 3
+    assert seeds_of(["Who is Romeo?", "/reset", "Who is Juliet?", "And Tybalt?"]) == seeds
+
+
+def test_extreme_or_invalid_sampling_settings_never_show_a_traceback(tiny_run):
+    base = ("generate", str(tiny_run), "--prompt", "The ", "--set", "generate.max_new_tokens=5")
+    tiny = scratchlm(*base, "--set", "generate.temperature=1e-300")  # greedy, not a NaN
+    greedy = scratchlm(*base, "--set", "generate.temperature=0")
+    assert tiny.returncode == 0 and "Traceback" not in tiny.stderr, tiny.stderr
+    assert tiny.stdout == greedy.stdout
+    for bad in ("temperature=nan", "temperature=inf", "repetition_penalty=inf", "top_p=nan"):
+        r = scratchlm(*base, "--set", f"generate.{bad}")
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+        assert f"generate.{bad.split('=')[0]}" in r.stderr and "finite" in r.stderr

@@ -195,3 +195,76 @@ def test_interrupted_stage_reruns(tmp_path, write_recipe):
 
     recipe.pretrain.max_steps = 20  # the same interrupted stage, now short enough to finish
     assert ran(run_pipeline(recipe, ws, progress=False)) == ["pretrain", "sample", "eval"]
+
+
+# --------------------------------------------------------------------------- re-runs keep runs
+
+
+def weights_digest(run: Path) -> str:
+    from scratchlm import runs
+    from scratchlm.io import file_sha256
+
+    return file_sha256(runs.latest_checkpoint(run) / "model.safetensors")
+
+
+def test_a_rerun_with_other_settings_keeps_the_trained_run_and_switching_back_puts_it_back(done):
+    from scratchlm import runs
+
+    recipe, ws, _ = done
+    run = ws.out("pretrain")
+    first = weights_digest(run)
+    recipe.pretrain.max_steps = 12  # "train longer"
+    results = run_pipeline(recipe, ws, progress=False)
+    assert ran(results) == ["pretrain", "sample", "eval"]
+    (kept,) = runs.kept_runs(run)
+    assert "kept as" in results[3].note and str(kept) in results[3].note
+    assert weights_digest(kept) == first and read_manifest(kept) is not None
+    assert runs.checkpoints(run)[-1].name == "step_000012"
+
+    recipe.pretrain.max_steps = 10  # back to the settings of the kept run: no training
+    results = run_pipeline(recipe, ws, progress=False)
+    assert "pretrain" not in ran(results) and "put back" in results[3].note
+    assert weights_digest(run) == first
+    (longer,) = runs.kept_runs(run)  # the 12-step run is kept in its turn
+    assert runs.checkpoints(longer)[-1].name == "step_000012"
+    assert ran(run_pipeline(recipe, ws, progress=False)) == []
+
+
+def test_resume_of_a_run_past_max_steps_changes_nothing_and_says_so(done):
+    recipe, ws, _ = done
+    config = (ws.out("pretrain") / "config.yaml").read_text()
+    recipe.pretrain.max_steps, recipe.pretrain.resume = 5, "auto"
+    results = run_pipeline(recipe, ws, progress=False)
+    assert ran(results) == []  # nothing trained, and nothing after it re-runs
+    assert "at step 10, pretrain.max_steps=5: nothing to resume, nothing changed" in results[3].note
+    assert (ws.out("pretrain") / "config.yaml").read_text() == config
+    recipe.pretrain.max_steps, recipe.pretrain.resume = 10, "never"
+    assert ran(run_pipeline(recipe, ws, progress=False)) == []  # still the run it was
+
+
+def test_the_readme_flow_never_deletes_the_longer_run(tmp_path, write_recipe):
+    """README: `scratchlm run --set pretrain.max_steps=...` then `scratchlm run --force
+    tokenizer` once retrained at the recipe's steps and deleted the longer run."""
+    recipe_path = write_recipe(pretrain={"max_steps": 6, "eval_every": 6})
+    work = tmp_path / "work"
+
+    def scratchlm(*args: str) -> str:
+        cmd = [sys.executable, "-m", "scratchlm", "run", str(recipe_path), "--work", str(work)]
+        proc = subprocess.run(
+            [*cmd, "-q", *args],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=os.environ | {"OMP_NUM_THREADS": "1"},
+        )
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout
+
+    scratchlm()
+    out = scratchlm("--set", "pretrain.max_steps=8")
+    assert "the run that was there is kept as" in out
+    longer = weights_digest(work / "runs" / "tiny")
+    out = scratchlm("--force", "tokenizer")  # the recipe's 6 steps again
+    assert "pretrain   skipped" in out and "put back the run kept as" in out
+    kept = [p for p in (work / "runs").iterdir() if p.name.startswith("tiny.")]
+    assert [weights_digest(p) for p in kept] == [longer]

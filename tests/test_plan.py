@@ -33,3 +33,15 @@ def test_plan_cli_prints_a_recipe_that_validates(capsys):
         and recipe.model.norm == "rmsnorm"
         and recipe.pretrain.max_steps > 0
     )
+
+
+def test_plan_prints_every_model_key_it_means(capsys):
+    """No preset beside other dimensions, and no 0 that stands for something else."""
+    assert main(["plan", "--hours", "2", "--gpus", "8"]) == 0
+    out = capsys.readouterr().out
+    model = yaml.safe_load(out.split("add curate/tokenizer for your data):\n", 1)[1])["model"]
+    assert "preset" not in model
+    assert not [k for k, v in model.items() if v == 0 and not isinstance(v, bool)], model
+    cfg = recipe_from_dict({"model": model}).model
+    params = 12 * cfg.n_layer * cfg.n_embd**2  # the count the plan's budget is made of
+    assert f"{params / 1e6:,.1f}M non-embedding parameters" in out

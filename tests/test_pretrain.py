@@ -331,3 +331,31 @@ def test_shards_from_another_tokenizer_are_refused(tokens, tmp_path):
             progress=False,
         )
     assert not (tmp_path / "run").exists()
+
+
+def mfus(run: Path) -> list[float]:
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    return [r["mfu"] for r in map(json.loads, lines) if "mfu" in r]
+
+
+def test_mfu_never_exceeds_100_percent(tokens, tmp_path):
+    """A peak far below what the steps reach (as one measured at a busy moment, or a wrong
+    pretrain.peak_flops) is raised to the rate reached, and the line says so."""
+    t = trainer(tokens, tmp_path / "low-peak", recipe_for(max_steps=4, peak_flops=1e3))
+    said: list[str] = []
+    t.metrics.say = said.append
+    t.run()
+    seen = mfus(tmp_path / "low-peak")
+    assert len(seen) == 4 and max(seen) <= 1.0 and seen[0] == 1.0
+    assert any("above the peak of 1e+03" in line for line in said), said
+
+
+def test_the_measured_cpu_peak_is_the_best_of_several_and_only_ever_raised():
+    from scratchlm.train.mfu import MFUMeter
+
+    meter = MFUMeter(torch.device("cpu"), 0.0, flops_per_token=1e6)
+    measured = meter.peak
+    assert meter(tokens_per_second=measured / 1e6 / 2) == pytest.approx(0.5)
+    assert meter(tokens_per_second=measured / 1e6 * 100) == 1.0  # faster than any measurement
+    assert meter.peak == pytest.approx(measured * 100) and meter.raised
+    assert meter.remeasures == MFUMeter.REMEASURES - 1  # it measured again before raising

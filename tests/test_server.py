@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import select
 import shutil
+import socket
 import time
 from pathlib import Path
 
@@ -59,7 +61,9 @@ def test_seeds_repeat_and_differ(client):
 
 def test_openai_client_streams_a_chat_completion(client):
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
-    stream = client.chat.completions.create(model="tiny", messages=messages, max_tokens=20, temperature=0, stream=True)  # fmt: skip
+    # 200 tokens: time for the text to arrive in pieces (a reader that falls behind the engine
+    # gets what piled up in one chunk)
+    stream = client.chat.completions.create(model="tiny", messages=messages, max_tokens=200, temperature=0, stream=True)  # fmt: skip
     pieces, finish = [], None
     for chunk in stream:
         delta = chunk.choices[0].delta
@@ -67,7 +71,7 @@ def test_openai_client_streams_a_chat_completion(client):
             pieces.append(delta.content)
         finish = chunk.choices[0].finish_reason or finish
     assert finish in ("stop", "length") and len(pieces) >= 2
-    whole = client.chat.completions.create(model="tiny", messages=messages, max_tokens=20, temperature=0)  # fmt: skip
+    whole = client.chat.completions.create(model="tiny", messages=messages, max_tokens=200, temperature=0)  # fmt: skip
     assert whole.choices[0].message.content == "".join(pieces)  # the same text, in pieces
     assert whole.choices[0].message.role == "assistant"
 
@@ -95,7 +99,7 @@ BAD = {  # name: (body, expected status, the param the error names)
     "unknown model": ({"prompt": "a", "model": "gpt-9"}, 404, "model"),
     "no prompt": ({"max_tokens": 3}, 400, "prompt"),
     "top_p out of range": ({"prompt": "a", "top_p": 1.5}, 400, "top_p"),
-    "n above 1": ({"prompt": "a", "n": 2}, 400, "n"),
+    "n above the limit": ({"prompt": "a", "n": 65}, 400, "n"),
     "not an object": ([1, 2], 400, None),
 }
 
@@ -224,17 +228,92 @@ def test_the_web_page_streams_a_reply_in_headless_chromium(server, tmp_path):
         driver.quit()
 
 
-def test_the_engine_never_builds_a_batch_over_max_batch():
-    import queue
-    from types import SimpleNamespace
+# --------------------------------------------------------------------------- hardening (#16)
 
-    from scratchlm.infer.engine import Engine
 
-    jobs = [SimpleNamespace(rows=[0] * n) for n in (1, 8, 3, 2, 4)]
-    fake = SimpleNamespace(jobs=queue.Queue(), max_batch=8, _carry=None)
-    for job in jobs + [None]:
-        fake.jobs.put(job)
-    batches = []
-    while (batch := Engine._next_batch(fake)) is not None:
-        batches.append([len(j.rows) for j in batch])
-    assert batches == [[1], [8], [3, 2], [4]]  # in order, none over 8 rows
+@pytest.mark.parametrize(
+    "header, status",
+    [(f"Bearer {KEY}", 200), (f"bearer {KEY}", 200), (f"BEARER  {KEY}", 200),
+     (KEY, 401), (f"Basic {KEY}", 401), ("Bearer", 401), (f"Bearer {KEY}x", 401)],
+)  # fmt: skip
+def test_the_api_key_needs_the_bearer_scheme_in_any_case(server, header, status):
+    r = httpx.get(f"{server}/v1/models", headers={"Authorization": header})
+    assert r.status_code == status, r.text
+
+
+def test_a_chunked_body_over_the_limit_is_refused_as_it_arrives(server):
+    """No Content-Length, `Transfer-Encoding: chunked`: the 413 comes once 1 MiB has arrived,
+    while the client is still sending (it was parsed and tokenized whole before)."""
+    host, port = server.removeprefix("http://").split(":")
+    head = (f"POST /v1/completions HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {KEY}\r\n"
+            "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")  # fmt: skip
+    piece = b"a" * (64 << 10)
+    chunk = f"{len(piece):x}\r\n".encode() + piece + b"\r\n"
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(head.encode() + b'c\r\n{"prompt": "\r\n')
+        sent = 0
+        while sent < 64 and not select.select([sock], [], [], 0.05)[0]:  # 4 MiB if all were read
+            sock.sendall(chunk)
+            sent += 1
+        reply = b""
+        while b"}}" not in reply and (data := sock.recv(65536)):
+            reply += data
+        reply = reply.decode("latin-1")
+    assert reply.startswith("HTTP/1.1 413") and "request_too_large" in reply, reply[:300]
+    assert sent < 64  # refused before the client had finished sending
+    r = httpx.post(f"{server}/v1/completions", headers=auth(), json={"prompt": "a", "max_tokens": 1})  # fmt: skip
+    assert r.status_code == 200  # and serving goes on
+
+
+def test_text_that_is_not_unicode_gets_a_4xx_not_a_500(server):
+    headers = auth() | {"content-type": "application/json"}
+    r = httpx.post(f"{server}/v1/completions", headers=headers, content=b'{"prompt": "hi", "model": "\\ud800"}')  # fmt: skip
+    assert r.status_code == 400 and r.json()["error"]["param"] == "model", r.text
+    r = httpx.post(f"{server}/v1/completions", headers=headers, content=b'{"prompt": "\\ud800"}')
+    assert r.status_code == 400 and r.json()["error"]["param"] == "prompt", r.text
+    r = httpx.post(f"{server}/v1/completions", headers=headers, content=b'{"prompt": "hi", "model": "caf\\u00e9"}')  # fmt: skip
+    assert r.status_code == 404 and "caf" in r.json()["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    "raw", [b'"repetition_penalty": 1e-40', b'"repetition_penalty": Infinity', b'"temperature": NaN',
+            b'"frequency_penalty": 3', b'"top_k": -2', b'"presence_penalty": -Infinity'],
+)  # fmt: skip
+def test_sampling_settings_out_of_range_are_refused(server, raw):
+    content = b'{"prompt": "a", "max_tokens": 2, ' + raw + b"}"
+    r = httpx.post(f"{server}/v1/completions", headers=auth() | {"content-type": "application/json"}, content=content)  # fmt: skip
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == raw.split(b'"')[1].decode()
+
+
+def test_a_tiny_temperature_harms_no_request_in_its_batch(server):
+    """temperature 1e-40 overflowed the probabilities: that request got a 500, and so did the
+    innocent requests generated beside it. Now it is greedy, and everyone gets a 200."""
+
+    async def all_of_them() -> list[httpx.Response]:
+        async with httpx.AsyncClient(headers=auth(), timeout=60) as c:
+            bodies = [{"prompt": f"The {i}", "max_tokens": 20, "seed": i} for i in range(7)]
+            bodies.insert(3, {"prompt": "The ", "max_tokens": 20, "temperature": 1e-40})
+            return await asyncio.gather(*(c.post(f"{server}/v1/completions", json=b) for b in bodies))  # fmt: skip
+
+    responses = asyncio.run(all_of_them())
+    assert [r.status_code for r in responses] == [200] * 8, [r.text for r in responses]
+    greedy = httpx.post(f"{server}/v1/completions", headers=auth(), json={"prompt": "The ", "max_tokens": 20, "temperature": 0})  # fmt: skip
+    assert responses[3].json()["choices"][0]["text"] == greedy.json()["choices"][0]["text"]
+
+
+def test_a_non_streaming_request_whose_client_left_stops_generating(server):
+    # Like the stream test above: the row must still run when its client leaves; three tries.
+    body = {"prompt": "The ", "max_tokens": CAP, "temperature": 0, "n": 8}  # 4,000 tokens
+    for _ in range(3):
+        before = httpx.get(f"{server}/health").json()
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(f"{server}/v1/completions", headers=auth(), json=body, timeout=0.2)
+        deadline = time.monotonic() + 30
+        while (health := httpx.get(f"{server}/health").json())["running_rows"]:
+            assert time.monotonic() < deadline, "the rows still run 30 s after their client left"
+            time.sleep(0.05)
+        assert health["finished_rows"] == before["finished_rows"] + 8
+        if health["cancelled_rows"] == before["cancelled_rows"] + 8:
+            return
+    pytest.fail("the row ran to its end every time: the client leaving did not cancel it")

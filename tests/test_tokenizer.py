@@ -179,3 +179,55 @@ def test_cli_trains_on_files(tmp_path):
     assert main([*args, "--set", "tokenizer.vocab_size=400"]) == 0
     tok = load_tokenizer(tmp_path / "tok" / "tokenizer.json")
     assert tok.vocab_size == 400 and len(tok.merges) == 400 - 256 - 8
+
+
+# --------------------------------------------------------------------------- overlapping specials
+
+
+def longest_match_ids(tok: BPETokenizer, text: str) -> list[int]:
+    """The rule, written plainly: at each position the longest special token that starts
+    there is one token; the text between special tokens is ordinary text."""
+    ids, plain, i = [], "", 0
+    while i < len(text):
+        match = max((s for s in tok.special_tokens if text.startswith(s, i)), key=len, default="")
+        if match:
+            ids += tok.encode(plain) + [tok.special_tokens[match]]
+            plain, i = "", i + len(match)
+        else:
+            plain, i = plain + text[i], i + 1
+    return ids + tok.encode(plain)
+
+
+BYTE_TOKENIZER_VOCAB = [bytes([i]) for i in range(256)]
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(
+    specials=st.lists(
+        st.text("ab<|>", min_size=1, max_size=6), min_size=1, max_size=5, unique=True
+    ),
+    text=st.text("ab<|>c", max_size=40),
+)
+def test_overlapping_special_tokens_take_the_longest_match(specials, text):
+    tok = BPETokenizer(BYTE_TOKENIZER_VOCAB, "gpt2", specials)
+    expected = longest_match_ids(tok, text)
+    assert tok.encode(text, allow_special=True) == expected
+    assert tok.encode_reference(text, allow_special=True) == expected
+    assert tok.decode(expected) == text
+
+
+def test_a_special_token_that_starts_another():
+    tok = BPETokenizer(BYTE_TOKENIZER_VOCAB, "gpt2", ["<|a|>", "<|a|><|a|>"])
+    a, aa = tok.special_tokens["<|a|>"], tok.special_tokens["<|a|><|a|>"]
+    for encode in (tok.encode, tok.encode_reference):
+        assert encode("<|a|><|a|><|a|>", allow_special=True) == [aa, a]
+
+
+def test_training_learns_no_merge_from_special_token_strings():
+    # "<|" and "|>" occur only inside <|endoftext|>: a trainer that reads the special token as
+    # text learns merges such as "<|" and "endoftext" from it.
+    text = " ".join(f"word{i % 7} and more{ENDOFTEXT}" for i in range(400))
+    tok = train_tokenizer([text], TokenizerSettings(vocab_size=320), progress=False)
+    learned = [tok.vocab[i] for i in range(256, 256 + len(tok.merges))]
+    assert learned and not [t for t in learned if b"<|" in t or b"|>" in t or b"endof" in t]
+    assert tok.encode(f"x{ENDOFTEXT}y", allow_special=True).count(tok.eot_id) == 1

@@ -73,7 +73,13 @@ class PretrainSettings:
         2, "checkpoints kept (the best by validation loss is also kept)", min=1
     )
     resume: Literal["never", "auto"] = setting(
-        "never", "auto: continue from the run's latest checkpoint"
+        "never", "auto: continue from the run's newest intact checkpoint"
+    )
+    trust_pickled_checkpoints: bool = setting(
+        False,
+        "resume a sharded checkpoint that has no metadata.json (made elsewhere, or by an older "
+        "scratchlm) through DCP's pickle: this runs any code the folder holds, so only for "
+        "checkpoints you made",
     )
     seed: int = setting(1337, "seed for initialisation, data order and dropout")
     device: Literal["auto", "cpu", "cuda", "mps"] = setting("auto", "where to train")
@@ -134,7 +140,9 @@ class FinetuneSettings:
     epochs: float = setting(1.0, "passes over the training data when max_steps is 0", min=0.0)
     batch_size: int = setting(8, "sequences (or pairs) per step", min=1)
     lr: float = setting(1e-4, "peak AdamW learning rate (LoRA likes ~10x more)", min=0.0)
-    warmup_steps: int = setting(10, "linear warmup steps, then cosine decay to 10%", min=0)
+    warmup_steps: int = setting(
+        10, "linear warmup steps (at most a tenth of the run), then cosine decay to 10%", min=0
+    )
     weight_decay: float = setting(0.0, "AdamW weight decay on matrices", min=0.0)
     grad_clip: float = setting(1.0, "clip gradient norm to this (0 = off)", min=0.0)
     lora_rank: int = setting(0, "LoRA rank (0 = full fine-tuning)", min=0)
@@ -166,7 +174,7 @@ class FinetuneSettings:
 class GenerateSettings:
     prompts: list[str] = setting(["\n"], "prompts sampled after pretraining")
     max_new_tokens: int = setting(100, "tokens to sample per prompt", min=1)
-    temperature: float = setting(0.8, "sampling temperature (0 = greedy)", min=0.0)
+    temperature: float = setting(0.8, "sampling temperature (0, or below 1e-5: greedy)", min=0.0)
     top_k: int = setting(50, "sample from the k most likely tokens (0 = all)", min=0)
     top_p: float = setting(
         1.0,
@@ -178,10 +186,13 @@ class GenerateSettings:
         0.0, "drop tokens less likely than min_p x the most likely one (0 = none)", min=0.0, max=1.0
     )
     repetition_penalty: float = setting(
-        1.0, "> 1 makes tokens already in the text less likely (1 = none)", min=0.01
+        1.0, "> 1 makes tokens already in the text less likely (1 = none)", min=0.01, max=100.0
     )
     stop: list[str] = setting([], "stop strings: the text ends just before the first one")
     seed: int = setting(1337, "sampling seed")
+    quantize: Literal["none", "int8"] = setting(
+        "none", "int8: linear layers as int8 weights on the CPU (faster decoding)"
+    )
 
 
 @dataclass
@@ -209,6 +220,18 @@ class EvalSettings:
     bootstrap: int = setting(10_000, "bootstrap resamples for --compare", min=100)
     every_steps: int = setting(
         0, "pretraining: score the tasks every N steps into metrics.jsonl (0 = off)", min=0
+    )
+    train_data: str = setting(
+        "",
+        "training text whose overlap with the tasks' items is checked ('' = the train split of "
+        "<work>/tokens beside the run, else <work>/curated; none = no check; or a tokens folder, "
+        "curated folder or source files)",
+    )
+    overlap_ngram: int = setting(
+        13, "words an item must share with the training text in a row to count as seen", min=3
+    )
+    quantize: Literal["none", "int8"] = setting(
+        "none", "int8: evaluate with int8 linear layers on the CPU (as generate.quantize)"
     )
 
 
@@ -277,8 +300,21 @@ def resolve_recipe_path(recipe: str | None) -> Path:
 def load_recipe(recipe: str | None = None, overrides: list[str] | None = None) -> Recipe:
     """Read a recipe (path or built-in name), apply `--set` overrides and validate it all."""
     data = _read_yaml(resolve_recipe_path(recipe))
+    data = _command_line_preset(data, overrides or [])
     data = apply_overrides(data, overrides or [])
     return build(Recipe, data)
+
+
+def _command_line_preset(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """`--set model.preset=NAME` asks for that shape: the preset's keys replace the recipe's
+    (inside a recipe the keys written beside a preset win; keys also given with --set still
+    win, as they are applied after)."""
+    for item in overrides:
+        key, value = parse_override(item)
+        model = data.get("model")
+        if key == "model.preset" and value in MODEL_PRESETS and isinstance(model, dict):
+            data["model"] = {k: v for k, v in model.items() if k not in MODEL_PRESETS[value]}
+    return data
 
 
 def recipe_from_dict(data: dict[str, Any]) -> Recipe:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import typing
 from dataclasses import field
 from typing import Any, Literal
@@ -44,7 +45,7 @@ def _describe(tp: Any, meta: dict[str, Any]) -> str:
         return f"a list of {_describe(typing.get_args(tp)[0], {})}s".replace(
             "a list of a ", "a list of "
         )
-    word = _TYPE_WORDS[tp]
+    word = "a finite number" if tp is float else _TYPE_WORDS[tp]
     lo, hi = meta.get("min"), meta.get("max")
     if lo is not None and hi is not None:
         return f"{word} from {lo} to {hi}"
@@ -84,6 +85,8 @@ def _coerce(value: Any, tp: Any, meta: dict[str, Any], key: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise bad()
         value = float(value)
+        if not math.isfinite(value):  # nan passes every comparison, inf overflows sampling
+            raise bad()
     elif tp is str and not isinstance(value, str):
         raise bad()
     lo, hi = meta.get("min"), meta.get("max")
@@ -132,12 +135,19 @@ def build(cls: type, data: Any, prefix: str = "") -> Any:
         raise SettingsError(f"invalid settings in {prefix.rstrip('.')}: {e}") from None
 
 
-def describe_section(cls: type, prefix: str) -> list[str]:
-    """One help line per setting: `key (type, default): help`. Used by the CLI's --help."""
+def describe_section(cls: type, prefix: str, values: Any = None) -> list[str]:
+    """One help line per setting: `key = value (type): help`, the value taken from `values`
+    (an instance of `cls`, e.g. the recipe a command will use) or else the field's default.
+    Used by the CLI's --help."""
     hints = typing.get_type_hints(cls)
     lines = []
     for f in dataclasses.fields(cls):
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        if values is not None:
+            default = getattr(values, f.name)
+        elif f.default is not dataclasses.MISSING:
+            default = f.default
+        else:
+            default = f.default_factory()  # type: ignore[misc]
         what = _describe(hints[f.name], dict(f.metadata))
         lines.append(f"  {prefix}{f.name} = {default!r}  ({what}) {f.metadata.get('help', '')}")
     return lines

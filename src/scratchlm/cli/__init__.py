@@ -19,7 +19,8 @@ import sys
 
 from scratchlm import __version__
 from scratchlm.cli import evaluate, finetune, models, stages, tokenizer, use
-from scratchlm.errors import ScratchlmError
+from scratchlm.errors import ScratchlmError, SettingsError
+from scratchlm.train.distributed import is_main_process
 
 GROUPS = (stages, tokenizer, models, evaluate, use, finetune)  # in --help order
 # Commands below another command's positional argument, read before argparse sees them.
@@ -41,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if not argv:  # `scratchlm` alone: what it can do
+        build_parser().print_help()
+        return EXIT_OK
     prefixed = PREFIX_COMMANDS.get(tuple(argv[:2]))  # type: ignore[call-overload]
     try:
         if prefixed is not None:
@@ -50,7 +54,9 @@ def main(argv: list[str] | None = None) -> int:
             args.handler(args)
         return EXIT_OK
     except ScratchlmError as e:
-        print(f"scratchlm: error: {e}", file=sys.stderr)
+        # Under torchrun every rank finds the same bad setting: rank 0 alone says it.
+        if not isinstance(e, SettingsError) or is_main_process():
+            print(f"scratchlm: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except BrokenPipeError:  # e.g. `scratchlm run | head`: the reader left; not an error
         sys.stderr.close()

@@ -18,13 +18,33 @@ from scratchlm.pipeline import StageResult
 FORMATTER = argparse.RawDescriptionHelpFormatter
 
 
-def settings_help(sections: tuple[str, ...]) -> str:
-    """The epilog of a command: every setting of its sections, with its default and help."""
-    lines = ["settings (override with --set KEY=VALUE):"]
+# Where the values of a command's settings come from, for the first line of its --help.
+FROM_RECIPE = (
+    "settings: the values of the demo recipe, used when no recipe is given "
+    "(override with --set KEY=VALUE)"
+)
+FROM_RUN = (
+    "settings: a run folder's own, from its config.yaml; shown here: the defaults, which an "
+    "HF folder or a run made without this section gets (override with --set KEY=VALUE)"
+)
+
+
+def settings_help(sections: tuple[str, ...], recipe: Recipe | None = None, note: str = "") -> str:
+    """The epilog of a command: every setting of its sections with the value the command will
+    use (the `recipe`'s, for commands that take one) and its help."""
+    lines = [
+        note or ("settings (override with --set KEY=VALUE):" if recipe is None else FROM_RECIPE)
+    ]
     for sec in sections:
         settings_class = Recipe.__dataclass_fields__[sec].default_factory
-        lines += describe_section(settings_class, f"{sec}.")  # type: ignore[arg-type]
+        values = getattr(recipe, sec) if recipe is not None else None
+        lines += describe_section(settings_class, f"{sec}.", values)  # type: ignore[arg-type]
     return "\n".join(lines)
+
+
+def default_recipe() -> Recipe:
+    """The recipe a command uses when none is named (for --help's values)."""
+    return load_recipe(None)
 
 
 def add_set(p: argparse.ArgumentParser, example: str) -> None:
@@ -74,3 +94,5 @@ def print_result(result: StageResult) -> None:
         f"{result.summary.headline()}",
         flush=True,
     )
+    if result.note:
+        print(f"  {'':<10} {result.note}", flush=True)

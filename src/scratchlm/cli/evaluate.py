@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
 from scratchlm import runs
-from scratchlm.cli.common import FORMATTER, add_set, settings_help
+from scratchlm.cli.common import FORMATTER, FROM_RUN, add_set, settings_help
 from scratchlm.config import EvalSettings
 from scratchlm.device import resolve_device
 from scratchlm.errors import SettingsError, StageError
 from scratchlm.eval.evaluate import evaluate_path
-from scratchlm.eval.report import compare, compare_markdown, markdown, read_report, write_report
+from scratchlm.eval.report import (
+    compare,
+    compare_markdown,
+    markdown,
+    overlap_warnings,
+    read_report,
+    write_report,
+)
 
 
 def add_parsers(sub: Any) -> None:
@@ -22,7 +30,7 @@ def add_parsers(sub: Any) -> None:
         "eval",
         help=desc,
         description=desc.replace("%%", "%") + ". Writes eval.json and eval.md into the run folder.",
-        epilog=settings_help(("eval",)),
+        epilog=settings_help(("eval",), note=FROM_RUN),
         formatter_class=FORMATTER,
     )
     p.add_argument("run", nargs="?", help="a run folder, or an HF folder from `export hf`")
@@ -45,6 +53,11 @@ def add_parsers(sub: Any) -> None:
         help="is B better than A beyond the noise? (reads their eval.json, or evaluates)",
     )
     p.add_argument("--device", default="auto", help="cpu, cuda, mps or auto (default)")
+    p.add_argument(
+        "--quantize",
+        choices=["none", "int8"],
+        help="int8: score with int8 linear layers on the CPU (= --set eval.quantize=int8)",
+    )
     add_set(p, "eval.few_shot=5")
     p.set_defaults(handler=cmd_eval)
 
@@ -60,7 +73,10 @@ def _evaluated(run: Path, args: argparse.Namespace, reuse: bool) -> dict[str, An
     if reuse and (done := read_report(run)) is not None:
         return done
     device = resolve_device(args.device, "eval --device")
-    settings = _settings(run, args.overrides)
+    quantize = [f"eval.quantize={args.quantize}"] if args.quantize else []
+    settings = _settings(run, args.overrides + quantize)
+    if settings.quantize == "int8" and args.device == "auto":
+        device = resolve_device("cpu", "eval --device")  # int8 weights run on the CPU
     result = evaluate_path(run, settings, args.task, args.text, str(device))
     write_report(run, result)
     return result
@@ -70,7 +86,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     if args.compare:
         a, b = (Path(r) for r in args.compare)
         # Fresh scores when the command says what to score; otherwise each run's eval.json.
-        reuse = not (args.task or args.text or args.overrides)
+        reuse = not (args.task or args.text or args.overrides or args.quantize)
         ra, rb = _evaluated(a, args, reuse), _evaluated(b, args, reuse)
         resamples = _settings(a, args.overrides).bootstrap
         print(f"A = {a}\nB = {b}\n")
@@ -82,3 +98,5 @@ def cmd_eval(args: argparse.Namespace) -> None:
     result = _evaluated(run, args, reuse=False)
     print(markdown(result), end="")
     print(f"\n{run / 'eval.json'}\n{run / 'eval.md'}")
+    for warning in overlap_warnings(result):
+        print(f"scratchlm: warning: {warning}", file=sys.stderr)

@@ -72,8 +72,11 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     s = _settings(args)
     base = Path(args.base)
     out = Path(args.out) if args.out else base.parent / (s.name or f"{base.name}-{s.task}")
-    summary = finetune(s, base, out, progress=not args.quiet)
+    kept: list[Path] = []
+    summary = finetune(s, base, out, progress=not args.quiet, on_kept=kept.append)
     print_summary(summary, out)
+    for path in kept:
+        print(f"  the run that was in {out} is kept as {path}")
 
 
 def print_summary(summary: FinetuneSummary, out: Path) -> None:

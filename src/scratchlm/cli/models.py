@@ -1,24 +1,36 @@
-"""`scratchlm export hf` and `scratchlm import hf`: runs to and from HF transformers folders,
-and `scratchlm plan`: a compute-optimal model for a budget."""
+"""`scratchlm export hf|gguf` and `scratchlm import hf`: runs to and from HF transformers
+folders and llama.cpp's GGUF files, and `scratchlm plan`: a compute-optimal model for a budget."""
 
 from __future__ import annotations
 
 import argparse
 from typing import Any
 
-from scratchlm.errors import StageError
+from scratchlm.errors import SettingsError, StageError
+from scratchlm.export.gguf import TYPES, export_run_gguf
 from scratchlm.export.hf import export_run, import_run
 from scratchlm.train.plan import describe, plan
 
 
 def add_parsers(sub: Any) -> None:
-    desc = "Export a run for other tools: `export hf RUN OUT` writes an HF transformers folder"
+    desc = (
+        "Export a run for other tools: `export hf RUN OUT` writes an HF transformers folder, "
+        "`export gguf RUN OUT.gguf` one file for llama.cpp / Ollama"
+    )
     p = sub.add_parser("export", help=desc, description=desc)
     p.add_argument(
-        "format", choices=["hf"], help="hf: GPT2LMHeadModel or LlamaForCausalLM, with tokenizer"
+        "format",
+        choices=["hf", "gguf"],
+        help="hf: GPT2LMHeadModel or LlamaForCausalLM, with tokenizer; gguf: llama.cpp's format",
     )
     p.add_argument("run", help="a run folder, e.g. work/demo/runs/demo")
-    p.add_argument("out", help="output folder")
+    p.add_argument("out", help="output folder (hf) or file (gguf)")
+    p.add_argument(
+        "--type",
+        choices=list(TYPES),
+        default="f32",
+        help="gguf: weight type, f32 (exact), f16 or q8_0 (8-bit blocks; default f32)",
+    )
     p.set_defaults(handler=cmd_export)
 
     desc = "Import a model: `import hf DIR OUT` turns a local HF GPT-2 / Llama folder into a run folder"
@@ -46,6 +58,12 @@ def add_parsers(sub: Any) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
+    if args.format == "gguf":
+        path = export_run_gguf(args.run, args.out, args.type)
+        print(f"{path} ({path.stat().st_size / 1e6:.1f} MB, {args.type})")
+        return
+    if args.type != "f32":
+        raise SettingsError("export hf: --type is for gguf only (HF folders hold float32)")
     for path in export_run(args.run, args.out):
         print(path)
 

@@ -5,11 +5,16 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import subprocess
+import sys
 from typing import Any
+
+import torch
 
 from scratchlm.cli.common import (
     FORMATTER,
     add_recipe_args,
+    default_recipe,
     print_result,
     recipe_of,
     settings_help,
@@ -17,10 +22,12 @@ from scratchlm.cli.common import (
 from scratchlm.config import Recipe
 from scratchlm.data.fasttext_models import train_quality
 from scratchlm.data.sources import iter_documents
+from scratchlm.device import resolve_device
 from scratchlm.errors import SettingsError
 from scratchlm.finetune.summaries import DPOSummary, SFTSummary
-from scratchlm.pipeline import SECTIONS, STAGES, Workspace, run_pipeline, run_stage
-from scratchlm.train.distributed import is_main_process, launched
+from scratchlm.pipeline import SECTIONS, STAGES, Workspace, run_pipeline, run_stage, stage_key
+from scratchlm.train.distributed import check_settings, is_main_process, launched
+from scratchlm.train.metrics import check_loggers
 
 DESCRIPTIONS = {  # stage -> what its command does
     "curate": "Read sources, run the curate.steps (filters, language ID, quality, PII, dedup) -> "
@@ -31,12 +38,22 @@ DESCRIPTIONS = {  # stage -> what its command does
 }
 
 
+def help_sections(stages: tuple[str, ...]) -> tuple[str, ...]:
+    """The recipe sections that decide what these stages do: their own, and how pretraining
+    spreads over processes."""
+    sections = [sec for st in stages for sec in SECTIONS[st]]
+    if "pretrain" in stages:
+        sections.insert(sections.index("pretrain") + 1, "parallel")
+    return tuple(sections)
+
+
 def add_parsers(sub: Any) -> None:
+    demo = default_recipe()
     p = sub.add_parser(
         "run",
         help="Run every stage in order, skipping those already done",
         description="Run every stage in order into one work folder, skipping stages whose inputs and settings are unchanged.",
-        epilog=settings_help(tuple(s for st in STAGES for s in SECTIONS[st])),
+        epilog=settings_help(help_sections(STAGES), demo),
         formatter_class=FORMATTER,
     )
     add_recipe_args(p)
@@ -54,20 +71,57 @@ def add_parsers(sub: Any) -> None:
             stage,
             help=DESCRIPTIONS[stage],
             description=DESCRIPTIONS[stage],
-            epilog=settings_help(SECTIONS[stage]),
+            epilog=settings_help(help_sections((stage,)), demo),
             formatter_class=FORMATTER,
         )
         add_recipe_args(p)
         p.set_defaults(handler=cmd_stage, stage=stage)
+    p.add_argument(  # pretrain's own
+        "--nproc-per-node",
+        type=int,
+        default=1,
+        metavar="N",
+        help="train on N processes of this machine (e.g. its GPUs): the recipe and the layout "
+        "are checked first, then torchrun starts them (several machines: run torchrun yourself)",
+    )
 
 
 def cmd_stage(args: argparse.Namespace) -> None:
     """One stage of the chain, always run (its inputs come from the work folder)."""
     recipe = recipe_of(args)
     ws = Workspace.for_recipe(recipe, args.work)
+    if getattr(args, "nproc_per_node", 1) != 1 and not launched():
+        launch_pretrain(args, recipe, ws)
+        return
     result = run_stage(args.stage, recipe, ws, force=True, progress=not args.quiet)
     if is_main_process():  # under torchrun, one summary line, not one per rank
         print_result(result)
+
+
+def launch_pretrain(args: argparse.Namespace, recipe: Recipe, ws: Workspace) -> None:
+    """`scratchlm pretrain --nproc-per-node N`: everything that can be checked is checked
+    here, in one process, and every problem is said at once, before any worker starts (a
+    worker that refuses its settings under torchrun leaves torchrun's own failure report
+    below the message). Then torchrun starts N workers running `scratchlm pretrain`."""
+    n = args.nproc_per_node
+    if n < 1:
+        raise SettingsError(f"--nproc-per-node {n}: expected a number of processes >= 1")
+    stage_key("pretrain", recipe, ws)  # the token shards are there (else: what makes them)
+    device = resolve_device(recipe.pretrain.device, "pretrain.device")
+    if device.type == "cuda" and n > torch.cuda.device_count():
+        raise SettingsError(
+            f"--nproc-per-node {n}: this machine has {torch.cuda.device_count()} GPU(s)"
+        )
+    check_settings(recipe.parallel, recipe.model, recipe.pretrain, n, device.type)
+    check_loggers(recipe.pretrain.loggers)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    cmd += ["--nproc-per-node", str(n), "-m", "scratchlm", "pretrain"]
+    cmd += [args.recipe] if args.recipe else []
+    cmd += ["--work", args.work] if args.work else []
+    cmd += [arg for o in args.overrides for arg in ("--set", o)]
+    cmd += ["-q"] * args.quiet + ["--resume"] * args.resume
+    if code := subprocess.call(cmd):
+        raise SystemExit(code)  # the workers have said why
 
 
 def cmd_run(args: argparse.Namespace) -> None:

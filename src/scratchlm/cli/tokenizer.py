@@ -6,7 +6,13 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from scratchlm.cli.common import FORMATTER, add_recipe_args, recipe_of, settings_help
+from scratchlm.cli.common import (
+    FORMATTER,
+    add_recipe_args,
+    default_recipe,
+    recipe_of,
+    settings_help,
+)
 from scratchlm.cli.stages import DESCRIPTIONS, cmd_stage
 from scratchlm.data.sources import iter_documents
 from scratchlm.errors import SettingsError, StageError
@@ -18,13 +24,14 @@ from scratchlm.tokenizer.train import train_tokenizer_stage
 
 def add_parsers(sub: Any) -> None:
     tok = sub.add_parser("tokenizer", help="Tokenizer commands: train, encode, export, import")
-    tok_sub = tok.add_subparsers(dest="tokenizer_command", required=True, metavar="ACTION")
+    tok_sub = tok.add_subparsers(dest="tokenizer_command", metavar="ACTION")
+    tok.set_defaults(handler=lambda args: tok.print_help())  # `scratchlm tokenizer`: the actions
     desc = DESCRIPTIONS["tokenizer"]
     p = tok_sub.add_parser(
         "train",
         help=desc,
         description=desc + ". With --input, train on those files instead and write --out.",
-        epilog=settings_help(SECTIONS["tokenizer"]),
+        epilog=settings_help(SECTIONS["tokenizer"], default_recipe()),
         formatter_class=FORMATTER,
     )
     add_recipe_args(p)

@@ -3,9 +3,11 @@
     1. read       stream documents from every source (bad records counted, huge ones dropped)
     2. per doc    the recipe's document steps (steps.py), on chunks of documents in a process
                   pool or on Ray; chunks come back in input order
-    3. corpus     a quality top-fraction cut, then exact / line / near dedup, in recipe order
+    3. corpus     a quality top-fraction cut, then exact / line / near dedup and benchmark
+                  decontamination, in recipe order
     4. write      docs_NNNNN.jsonl.zst (or .jsonl, .parquet) of {"id", "text", "meta"}
                   report.json, report.md and funnel.png: what each step kept, and why the rest went
+                  README.md: a Hugging Face dataset card (card.py)
 
 Documents stream from one pass to the next; the two passes that must see every document
 before deciding (near dedup, a quality top-fraction) park them in a staging file in the output
@@ -27,11 +29,13 @@ from typing import Any
 
 from tqdm import tqdm
 
+from scratchlm.data.card import SourceMix, write_card
+from scratchlm.data.decontaminate import Decontamination
 from scratchlm.data.dedup import MinHasher, dedup_lines, exact_key, near_duplicate_clusters
 from scratchlm.data.ray_executor import ray_map
-from scratchlm.data.report import length_bin, write_reports
+from scratchlm.data.report import count_words, length_bin, write_reports
 from scratchlm.data.settings import CORPUS_STEPS, CurateSettings
-from scratchlm.data.sources import Document, iter_documents, open_binary
+from scratchlm.data.sources import BadInput, Document, iter_documents, open_binary
 from scratchlm.data.steps import ChunkResult, DocumentSteps
 from scratchlm.errors import StageError
 from scratchlm.io import atomic_open
@@ -120,11 +124,17 @@ def _read_staging(path: Path) -> Iterator[Document]:
 class Curation:
     """One run of the stage: its settings, output folder and the account for the report."""
 
-    def __init__(self, s: CurateSettings, out_dir: Path, progress: bool):
+    def __init__(
+        self, s: CurateSettings, out_dir: Path, progress: bool, benchmarks: list[str] = ()
+    ):
         self.s, self.out, self.progress = s, out_dir, progress
+        self.sources = SourceMix(s.sources)
+        self.decontamination = None  # built before any work: a bad benchmark file stops here
+        if "decontaminate" in s.steps:
+            self.decontamination = Decontamination.of_files(benchmarks, s.decontaminate_ngram)
         self.account = ChunkResult()
         self.account.funnel = {step: [0, 0, 0, 0] for step in s.steps}  # in recipe order
-        self.bad: Counter[str] = Counter()
+        self.bad = BadInput()
         self.stats: Counter[str] = Counter()
         # words per document, counted into power-of-two bins as documents pass (not kept)
         self.lengths: dict[str, Counter[str]] = {"in": Counter(), "out": Counter()}
@@ -137,7 +147,7 @@ class Curation:
                 return
             self.stats["documents_in"] += 1
             self.stats["chars_in"] += len(doc.text)
-            self.lengths["in"][length_bin(len(doc.text.split()))] += 1
+            self.lengths["in"][length_bin(count_words(doc.text))] += 1
             if s.max_doc_chars and len(doc.text) > s.max_doc_chars:
                 self.account.drop("huge_document", Document(doc.id, doc.text[:200], doc.meta))
                 continue
@@ -145,7 +155,7 @@ class Curation:
 
     def per_document(self) -> Iterator[Document]:
         bar = tqdm(desc="curate", unit="doc", disable=not self.progress, mininterval=0.5)
-        chunks = _chunks(self.read(), CHUNK_DOCS)
+        chunks = _chunks(self.sources.read(self.read()), CHUNK_DOCS)
         with bar:
             for result in map_in_order(self.s, _run_chunk, chunks, stateful=True):
                 bar.update(result.seen)
@@ -156,7 +166,12 @@ class Curation:
         s = self.s
         if "quality" in s.steps and s.quality_top_fraction:
             docs = self._quality_cut(docs, staging.with_suffix(".quality"))
-        passes = {"exact_dedup": self._exact, "line_dedup": self._lines, "near_dedup": self._near}
+        passes = {
+            "exact_dedup": self._exact,
+            "line_dedup": self._lines,
+            "near_dedup": self._near,
+            "decontaminate": self._decontaminate,
+        }
         for step in (st for st in s.steps if st in CORPUS_STEPS):
             docs = self._counted(step, passes[step](docs, staging.with_suffix(f".{step}")))
         return docs
@@ -221,6 +236,17 @@ class Curation:
             yield doc
         staging.unlink()
 
+    def _decontaminate(self, docs: Iterator[Document], _: Path) -> Iterator[Document]:
+        found = self.decontamination
+        for chunk in _chunks(docs, CHUNK_DOCS):
+            for doc, matches in zip(chunk, found.index.scan([d.text for d in chunk]), strict=True):
+                self._entering("decontaminate", doc)
+                kept, reason, shared = found.settle(doc, matches, self.s)
+                if kept is None:
+                    self.account.drop(reason, doc, **shared)
+                else:
+                    yield kept
+
     def _quality_cut(self, docs: Iterator[Document], staging: Path) -> Iterator[Document]:
         """Keep the top `quality_top_fraction` of documents by quality score (ties: input order)."""
         _write_staging(docs, staging)
@@ -242,11 +268,16 @@ class Curation:
         for batch in _chunks(docs, self.s.shard_docs):
             name = f"docs_{len(shards):05d}{suffix}"
             write_shard(self.out / name, batch, self.s.output_format)
+            self.sources.kept(batch)
             chars = sum(len(d.text) for d in batch)
-            shards.append({"file": name, "documents": len(batch), "chars": chars})
+            size = (self.out / name).stat().st_size
+            shards.append({"file": name, "documents": len(batch), "chars": chars, "bytes": size})
             self.stats["documents_out"] += len(batch)
             self.stats["chars_out"] += chars
-            self.lengths["out"].update(length_bin(len(d.text.split())) for d in batch)
+            self.stats["bytes_out"] += sum(
+                len(d.text.encode("utf-8", "surrogatepass")) for d in batch
+            )
+            self.lengths["out"].update(length_bin(count_words(d.text)) for d in batch)
         return shards
 
 
@@ -275,11 +306,20 @@ def write_shard(path: Path, docs: list[Document], fmt: str) -> None:
         f.write(data)
 
 
-def curate(settings: CurateSettings, out_dir: Path, progress: bool = True) -> dict[str, Any]:
-    """Run curation into `out_dir` (which must be empty or new); return the report."""
+def curate(
+    settings: CurateSettings,
+    out_dir: Path,
+    progress: bool = True,
+    benchmarks: list[str] | tuple[str, ...] = (),
+) -> dict[str, Any]:
+    """Run curation into `out_dir` (which must be empty or new); return the report.
+
+    `benchmarks`: evaluation files the decontaminate step checks besides
+    curate.decontaminate_against (the pipeline passes the eval section's task files)."""
     start = time.time()
+    against = list(dict.fromkeys([*settings.decontaminate_against, *benchmarks]))
+    run = Curation(settings, out_dir, progress, against)
     out_dir.mkdir(parents=True, exist_ok=True)
-    run = Curation(settings, out_dir, progress)
     staging = out_dir / ".staging"
     try:
         shards = run.write(run.corpus_steps(run.per_document(), staging))
@@ -288,7 +328,7 @@ def curate(settings: CurateSettings, out_dir: Path, progress: bool = True) -> di
             leftover.unlink()
     if run.stats["documents_out"] == 0:
         reasons = (
-            ", ".join(f"{r}: {n}" for r, n in (run.account.drops + run.bad).most_common())
+            ", ".join(f"{r}: {n}" for r, n in (run.account.drops + run.bad.counts).most_common())
             or "no input documents"
         )
         raise StageError(
@@ -296,6 +336,7 @@ def curate(settings: CurateSettings, out_dir: Path, progress: bool = True) -> di
             "check curate.sources and the curate.steps thresholds"
         )
     report = write_reports(run, shards, settings, out_dir, round(time.time() - start, 2))
+    write_card(out_dir)
     return report
 
 
@@ -314,16 +355,25 @@ def iter_curated(curated_dir: Path) -> Iterator[dict[str, Any]]:
     if not shards:
         raise StageError(f"{curated_dir} holds no docs_* shards: run `scratchlm curate` first")
     for shard in shards:
-        if shard.name.endswith(".parquet"):
-            import pyarrow.parquet as pq
+        try:
+            yield from _shard_documents(shard)
+        except Exception as e:  # a damaged shard of ours: say which, never skip it quietly
+            raise StageError(
+                f"{shard} is damaged ({type(e).__name__}: {e}): run `scratchlm curate` again"
+            ) from None
 
-            for batch in pq.ParquetFile(shard).iter_batches(batch_size=1024):
-                for row in batch.to_pylist():
-                    yield {"id": row["id"], "text": row["text"], "meta": json.loads(row["meta"])}
-            continue
-        with open_binary(shard) as f:
-            for line in f:
-                yield json.loads(line)
+
+def _shard_documents(shard: Path) -> Iterator[dict[str, Any]]:
+    if shard.name.endswith(".parquet"):
+        import pyarrow.parquet as pq
+
+        for batch in pq.ParquetFile(shard).iter_batches(batch_size=1024):
+            for row in batch.to_pylist():
+                yield {"id": row["id"], "text": row["text"], "meta": json.loads(row["meta"])}
+        return
+    with open_binary(shard) as f:
+        for line in f:
+            yield json.loads(line)
 
 
 def iter_curated_texts(curated_dir: Path) -> Iterator[str]:

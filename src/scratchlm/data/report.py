@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,14 +19,33 @@ class CurateSummary:
     documents_out: int
     chars_out: int
     dropped: dict[str, int]  # reason -> documents
+    bad_input: int = 0  # records, files and links that could not be read (report.md: where)
 
     def headline(self) -> str:
-        return f"{self.documents_in:,} documents in, {self.documents_out:,} kept"
+        bad = f", {self.bad_input:,} bad input (see report.md)" if self.bad_input else ""
+        return f"{self.documents_in:,} documents in, {self.documents_out:,} kept{bad}"
 
     @classmethod
     def from_report(cls, report: dict[str, Any]) -> CurateSummary:
         dropped = {reason: d["count"] for reason, d in report["dropped"].items()}
-        return cls(report["documents_in"], report["documents_out"], report["chars_out"], dropped)
+        bad = sum(b["count"] for b in report["bad_input"].values())
+        return cls(
+            report["documents_in"], report["documents_out"], report["chars_out"], dropped, bad
+        )
+
+
+def count_words(text: str, window: int = 1 << 20) -> int:
+    """len(text.split()), in bounded memory: split() of a 100 MB one-line document builds a
+    list of millions of strings, so a long text is split a window at a time."""
+    if len(text) <= window:
+        return len(text.split())
+    words = 0
+    for start in range(0, len(text), window):
+        part = text[start : start + window]
+        words += len(part.split())
+        if start and not text[start - 1].isspace() and not part[0].isspace():
+            words -= 1  # one word cut in two by the window's edge
+    return words
 
 
 def length_bin(words: int) -> str:
@@ -59,19 +79,23 @@ def write_reports(
         "documents_out": run.stats["documents_out"],
         "chars_in": run.stats["chars_in"],
         "chars_out": run.stats["chars_out"],
+        "bytes_out": run.stats["bytes_out"],  # UTF-8 bytes of the kept texts
         "steps": list(settings.steps),
         "funnel": funnel,
         "dropped": {
             reason: {"count": n, "examples": acc.examples.get(reason, [])}
             for reason, n in acc.drops.most_common()
         },
-        "bad_input": dict(run.bad.most_common()),
+        "bad_input": run.bad.to_report(),  # kind -> {"count", "where": first few file:line}
         "changes": dict(acc.counts.most_common()),
         "languages": dict(acc.languages.most_common()),
         "words_per_document": {k: _by_bin(v) for k, v in run.lengths.items()},
         "near_duplicate_cluster_sizes": {str(k): n for k, n in sorted(run.clusters.items())},
         "shards": shards,
         "seconds": seconds,
+        "sources": run.sources.to_dict(),
+        "decontamination": run.decontamination.report() if run.decontamination else None,
+        "settings": dataclasses.asdict(settings),
     }
     atomic_write_json(out / "report.json", report)
     atomic_write_text(out / "report.md", markdown(report))
@@ -107,19 +131,38 @@ def markdown(r: dict[str, Any]) -> str:
             excerpt = " ".join(ex["text"].split())[:120]
             extra = f" (duplicate of `{ex['duplicate_of']}`)" if "duplicate_of" in ex else ""
             lines.append(f"  - `{ex['id']}`{extra}: {excerpt}")
+    if r["bad_input"]:
+        lines += ["", "## Bad input (skipped while reading)", ""]
+        for kind, b in r["bad_input"].items():
+            more = ", ..." if b["count"] > len(b["where"]) else ""
+            lines.append(f"- {kind}: {b['count']:,} ({', '.join(b['where'])}{more})")
     for title, key in (
-        ("Bad input (skipped while reading)", "bad_input"),
         ("Changes inside kept documents", "changes"),
         ("Languages detected", "languages"),
         ("Near-duplicate clusters (size: how many)", "near_duplicate_cluster_sizes"),
     ):
         if r[key]:
             lines += ["", f"## {title}", ""] + [f"- {k}: {v:,}" for k, v in r[key].items()]
+    lines += _decontamination(r.get("decontamination"))
     lines += ["", "## Words per document", "", "| words | in | out |", "| --- | ---: | ---: |"]
     hist = r["words_per_document"]
     for b in sorted(set(hist["in"]) | set(hist["out"]), key=lambda k: int(k.split("-")[0])):
         lines.append(f"| {b} | {hist['in'].get(b, 0):,} | {hist['out'].get(b, 0):,} |")
     return "\n".join(lines) + "\n"
+
+
+def _decontamination(d: dict[str, Any] | None) -> list[str]:
+    if not d:
+        return []
+    lines = ["", f"## Decontamination ({d['ngram']}-word overlap with benchmark items)", "",
+             "| benchmark | items | too short | documents touched | items touched |",
+             "| --- | ---: | ---: | ---: | ---: |"]  # fmt: skip
+    for name, b in d["benchmarks"].items():
+        lines.append(f"| {name} | {b['items']:,} | {b['items_too_short']:,} | {b['documents']:,} | {b['items_touched']:,} |")  # fmt: skip
+    for name, b in d["benchmarks"].items():
+        for ex in b["examples"]:
+            lines.append(f"- {name}: `{ex['id']}` shares \"{ex['ngram']}\" with item {ex['item_position']}: {ex['item'][:120]}")  # fmt: skip
+    return lines
 
 
 def plot_funnel(r: dict[str, Any], path: Path) -> None:

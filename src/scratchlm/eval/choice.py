@@ -16,23 +16,31 @@ Loaders turn the public files of the standard benchmarks into items with lm-eval
     piqa       {"goal", "sol1", "sol2", "label"} (or labels in a sibling <name>-labels.lst)
     mmlu       {"question", "choices", "answer"} JSONL, or the original CSV rows
     mc         {"context", "choices", "answer"}: any task of your own
+
+The files are read by data/benchmarks.py, which curation's decontamination shares: each Item
+also keeps its own words (question and answer), for the check against the training data.
 """
 
 from __future__ import annotations
 
 import csv
-import gzip
 import hashlib
 import json
 import random
-import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from scratchlm.data.benchmarks import (
+    detect_format,
+    hellaswag_clean,
+    item_text,
+    piqa_labels,
+    read_records,
+)
 from scratchlm.errors import StageError
 from scratchlm.eval.perplexity import target_logprobs
 from scratchlm.tokenizer.tokenizer import Tokenizer
@@ -44,6 +52,12 @@ class Item:
     choices: list[str]
     answer: int
     delimiter: str = " "  # lm-eval's target_delimiter: put between context and choice
+    # the item's own words (question and answer, no prompt), for the training-data overlap check
+    source_text: str = field(default="", compare=False, repr=False)
+
+    @property
+    def own_text(self) -> str:
+        return self.source_text or self.context + self.delimiter + self.choices[self.answer]
 
     @property
     def id(self) -> str:
@@ -55,17 +69,10 @@ class Item:
 # --------------------------------------------------------------------------- loaders
 
 
-def _hellaswag_clean(text: str) -> str:
-    # lm-eval's hellaswag preprocess: WikiHow's "[title]" markers and bracketed notes removed.
-    text = text.strip().replace(" [title]", ". ")
-    text = re.sub(r"\[.*?\]", "", text)
-    return text.replace("  ", " ")
-
-
 def _hellaswag(r: dict[str, Any]) -> Item:
     ctx = r["ctx_a"] + " " + r["ctx_b"].capitalize()
-    context = _hellaswag_clean(r["activity_label"] + ": " + ctx)
-    return Item(context, [_hellaswag_clean(e) for e in r["endings"]], int(r["label"]))
+    context = hellaswag_clean(r["activity_label"] + ": " + ctx)
+    return Item(context, [hellaswag_clean(e) for e in r["endings"]], int(r["label"]))
 
 
 def _arc(r: dict[str, Any]) -> Item:
@@ -105,48 +112,6 @@ FORMATS: dict[str, Callable[[dict[str, Any]], Item]] = {
 }
 
 
-def detect_format(record: dict[str, Any]) -> str:
-    """The format of one JSON record, by the keys it has."""
-    if "endings" in record and "ctx_a" in record:
-        return "hellaswag"
-    if "answerKey" in record:
-        return "arc"
-    if "goal" in record and "sol1" in record:
-        return "piqa"
-    if "question" in record and "choices" in record:
-        return "mmlu"
-    if "choices" in record and "answer" in record:
-        return "mc"
-    raise ValueError(f"unknown item layout (keys {sorted(record)})")
-
-
-def _records(path: Path) -> list[tuple[int, Any]]:
-    """(line number, parsed record or the error) for each non-blank line."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    out: list[tuple[int, Any]] = []
-    with opener(path, "rt", encoding="utf-8") as f:
-        if path.name.endswith((".csv", ".csv.gz")):
-            # MMLU's original files: question, A, B, C, D, answer letter; no header.
-            for i, row in enumerate(csv.reader(f), start=1):
-                rec = {"question": row[0], "choices": row[1:-1], "answer": row[-1]} if len(row) >= 3 else ValueError("fewer than 3 columns")  # fmt: skip
-                out.append((i, rec))
-            return out
-        for i, line in enumerate(f, start=1):
-            if line.strip():
-                try:
-                    out.append((i, json.loads(line)))
-                except json.JSONDecodeError as e:
-                    out.append((i, e))
-    return out
-
-
-def _piqa_labels(path: Path) -> list[str] | None:
-    # PIQA ships its answers apart: valid.jsonl + valid-labels.lst, one label a line.
-    stem = path.name.split(".")[0]
-    labels = path.with_name(f"{stem}-labels.lst")
-    return labels.read_text().split() if labels.is_file() else None
-
-
 def load_items(spec: str) -> tuple[list[Item], list[int]]:
     """Items of a task file ("PATH" or "FORMAT:PATH") and the line numbers that were skipped.
 
@@ -160,10 +125,10 @@ def load_items(spec: str) -> tuple[list[Item], list[int]]:
     if not path.is_file():
         raise StageError(f"task file {path}: no such file")
     try:
-        records = _records(path)
+        records = read_records(path)
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise StageError(f"task file {path}: cannot read it: {e}") from None
-    labels = _piqa_labels(path)
+    labels = piqa_labels(path)
     items, skipped = [], []
     for n, (lineno, rec) in enumerate(records):
         try:
@@ -171,7 +136,9 @@ def load_items(spec: str) -> tuple[list[Item], list[int]]:
                 raise ValueError("not a JSON object")
             if labels is not None and "label" not in rec and n < len(labels):
                 rec = rec | {"label": labels[n]}
-            item = FORMATS[detect_format(rec) if fmt == "auto" else fmt](rec)
+            kind = detect_format(rec) if fmt == "auto" else fmt
+            item = FORMATS[kind](rec)
+            item.source_text = item_text(rec, kind)  # the same fields: it cannot fail here
             if not item.choices or not 0 <= item.answer < len(item.choices):
                 raise ValueError("answer index out of range")
             items.append(item)

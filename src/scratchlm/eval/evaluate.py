@@ -16,6 +16,7 @@ from scratchlm import runs
 from scratchlm.config import EvalSettings
 from scratchlm.errors import StageError
 from scratchlm.eval.choice import Item, load_items, score_items
+from scratchlm.eval.overlap import TrainingText, overlap, training_text
 from scratchlm.eval.perplexity import (
     effective_stride,
     heldout_documents,
@@ -23,7 +24,7 @@ from scratchlm.eval.perplexity import (
     shard_documents,
 )
 from scratchlm.eval.stats import wilson
-from scratchlm.eval.tasks import BUILTIN_TASKS
+from scratchlm.eval.tasks import BUILTIN_TASKS, NotEnoughText
 from scratchlm.tokenizer.tokenizer import Tokenizer
 
 
@@ -108,8 +109,10 @@ def evaluate(
     s: EvalSettings,
     heldout: list[list[int]] | None = None,
     tasks: list[str] | None = None,
+    train: TrainingText | str | None = None,
 ) -> dict[str, Any]:
-    """Perplexity on `heldout` documents (token ids) and accuracy on each task."""
+    """Perplexity on `heldout` documents (token ids) and accuracy on each task; with `train`
+    (the run's training text, or why it is not checked), which tasks' items it holds."""
     was_training = model.training
     model.eval()
     result: dict[str, Any] = {"settings": {k: v for k, v in vars(s).items()}}
@@ -123,14 +126,24 @@ def evaluate(
         [tok.decode(d) for d in heldout] if heldout and set(specs) & set(BUILTIN_TASKS) else None
     )
     result["tasks"] = {}
+    scored: dict[str, list[Item]] = {}
     for spec in specs:
-        items, skipped = task_items(spec, texts, s)
+        try:
+            items, skipped = task_items(spec, texts, s)
+        except NotEnoughText as e:  # the perplexity and the other tasks still stand
+            result.setdefault("skipped_tasks", {})[spec] = str(e)
+            continue
         items, unencodable = _encodable(items, tok, spec)
+        scored[spec] = items
         result["tasks"][spec] = task_result(model, tok, items, s) | {
             "skipped_lines": len(skipped),
             "first_skipped": skipped[:10],
             "unencodable_items": unencodable,
         }
+    if isinstance(train, TrainingText) and scored:
+        result["overlap"] = overlap(scored, train, s.overlap_ngram)
+    elif isinstance(train, str):
+        result["overlap"] = {"skipped": train}
     model.train(was_training)
     return result
 
@@ -146,7 +159,7 @@ def evaluate_path(
     pipeline's tokens beside the run."""
     if not path.is_dir():
         raise StageError(f"{path}: no such run folder")
-    loaded = runs.load_model(path, device)
+    loaded = runs.load_model(path, device, s.quantize)
     model, tok = loaded.model, loaded.tokenizer
     sources = [Path(t) for t in text] if text else []
     if not sources and s.heldout:
@@ -154,7 +167,8 @@ def evaluate_path(
     if not sources and (found := default_heldout(path)) is not None:
         sources = [found]
     docs = [d for src in sources for d in heldout_documents(src, tok)]
-    result = evaluate(model, tok, s, docs or None, tasks)
+    train = training_text(path, s.train_data, tok)
+    result = evaluate(model, tok, s, docs or None, tasks, train)
     result["model"] = {
         "path": str(path),
         "checkpoint": loaded.checkpoint,

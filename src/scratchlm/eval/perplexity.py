@@ -149,25 +149,28 @@ def perplexity(
 # --------------------------------------------------------------------------- held-out text
 
 
-def shard_documents(tokens_dir: Path, tok: Tokenizer) -> Iterator[list[int]]:
-    """The validation documents of a tokens folder (train if it has none), as token ids."""
+def shard_documents(tokens_dir: Path, tok: Tokenizer, split: str = "") -> Iterator[list[int]]:
+    """The documents of a tokens folder's `split` as token ids ('' = validation, or train if it
+    has none)."""
     meta = load_meta(tokens_dir)
     if meta.get("tokenizer") != tok.fingerprint():
         raise StageError(
             f"{tokens_dir} was made with another tokenizer than the model's; pass text instead (--text FILE)"
         )
-    split = "val" if meta["files"]["val"] else "train"
+    split = split or ("val" if meta["files"]["val"] else "train")
     stream = TokenStream(tokens_dir, meta["files"][split], meta["dtype"])
     doc: list[int] = []
     chunk = 1 << 20
     for start in range(0, len(stream), chunk):
-        for t in stream.read(start, min(chunk, len(stream) - start)).tolist():
-            if t == tok.eot_id:
+        ids = stream.read(start, min(chunk, len(stream) - start))
+        # each document ends with <|endoftext|>: cut after each one (a document may span chunks)
+        for piece in np.split(ids, np.flatnonzero(ids == tok.eot_id) + 1):
+            ended = len(piece) and piece[-1] == tok.eot_id
+            doc.extend(piece[:-1].tolist() if ended else piece.tolist())
+            if ended:
                 if doc:
                     yield doc
                 doc = []
-            else:
-                doc.append(t)
     if doc:
         yield doc
 

@@ -68,7 +68,40 @@ def markdown(result: dict[str, Any]) -> str:
         for name, count in skipped.items():
             first = ", ".join(map(str, result["tasks"][name]["first_skipped"]))
             lines.append(f"\n{name}: {count} malformed line(s) skipped (lines {first}...)")
+    for name, why in result.get("skipped_tasks", {}).items():
+        lines.append(f"\n{name}: not scored: {why}")
+    lines += _overlap(result)
     return "\n".join(lines) + "\n"
+
+
+def _warning(name: str, t: dict[str, Any], o: dict[str, Any]) -> str:
+    return (
+        f"task {name}: {t['overlapping']} of {t['items']} items share a {o['ngram']}-word "
+        f"sequence with the training data ({o['train_data']}); their scores may be memory"
+    )
+
+
+def overlap_warnings(result: dict[str, Any]) -> list[str]:
+    """One line per task whose items are in the training text."""
+    o = result.get("overlap") or {}
+    return [_warning(n, t, o) for n, t in o.get("tasks", {}).items() if t["overlapping"]]
+
+
+def _overlap(result: dict[str, Any]) -> list[str]:
+    o = result.get("overlap")
+    if not o:
+        return []
+    if "skipped" in o:
+        return ["", f"Items seen in training: {o['skipped']}."]
+    counts = ", ".join(f"{n} {t['overlapping']} of {t['items']}" for n, t in o["tasks"].items())
+    lines = ["", f"Items seen in training ({o['ngram']}-word overlap with {o['train_data']}, "
+             f"{o['documents']:,} documents): {counts}."]  # fmt: skip
+    for name, t in o["tasks"].items():
+        if t["overlapping"]:
+            lines.append(f"\n**Warning**: {_warning(name, t, o)}.")
+            for ex in t["examples"][:2]:
+                lines.append(f'- item `{ex["item_position"]}` is in `{ex["id"]}`: "{ex["ngram"]}"')
+    return lines
 
 
 def write_report(out_dir: Path, result: dict[str, Any]) -> tuple[Path, Path]:

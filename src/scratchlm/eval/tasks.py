@@ -7,7 +7,9 @@
              asks about word order (syntax) rather than topic.
 
 The items depend only on the text and the seed, never on the model or its tokenizer, so two runs
-scored on the same held-out text see the same items (and --compare can pair them).
+scored on the same held-out text see the same items (and --compare can pair them). No two items
+share a context and continuation: a short text gives fewer items (the count says how many), and
+one shorter than a single item gives none (the task is skipped, with the reason).
 """
 
 from __future__ import annotations
@@ -23,6 +25,10 @@ CONTEXT_WORDS, CONTINUATION_WORDS = 24, 6
 WORD = re.compile(r"\S+")
 
 
+class NotEnoughText(StageError):
+    """The held-out text is too short for a single item of a built-in task."""
+
+
 def _passages(texts: list[str]) -> list[tuple[str, list[re.Match]]]:
     need = CONTEXT_WORDS + CONTINUATION_WORDS
     out = [(t, words) for t in texts if len(words := list(WORD.finditer(t))) >= need]
@@ -30,8 +36,8 @@ def _passages(texts: list[str]) -> list[tuple[str, list[re.Match]]]:
         joined = "\n\n".join(texts)
         if len(words := list(WORD.finditer(joined))) >= need:
             return [(joined, words)]
-        raise StageError(
-            f"built-in tasks need at least {need} words of held-out text; there are fewer"
+        raise NotEnoughText(
+            f"built-in tasks need at least {need} words of held-out text; there are {len(words)}"
         )
     return out
 
@@ -60,10 +66,14 @@ def cloze(texts: list[str], n: int, seed: int) -> list[Item]:
     rng = random.Random(seed)
     passages = _passages(texts)
     items: list[Item] = []
+    seen: set[tuple[str, str]] = set()
     for _ in range(n * 3):  # a few draws fail (repeated text); stop once n items are made
         if len(items) == n:
             break
         context, real = _pick(rng, passages)
+        if (context, real) in seen:  # one item counted twice would narrow the interval falsely
+            continue
+        seen.add((context, real))
         choices = [real]
         for _ in range(3):
             text, words = rng.choice(passages)
@@ -80,10 +90,14 @@ def shuffle(texts: list[str], n: int, seed: int) -> list[Item]:
     rng = random.Random(seed + 1)
     passages = _passages(texts)
     items: list[Item] = []
+    seen: set[tuple[str, str]] = set()
     for _ in range(n * 3):
         if len(items) == n:
             break
         context, real = _pick(rng, passages)
+        if (context, real) in seen:
+            continue
+        seen.add((context, real))
         words = list(WORD.finditer(real))
         order = list(range(len(words)))
         rng.shuffle(order)

@@ -15,12 +15,12 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
 from scratchlm import runs
 from scratchlm.config import PretrainSettings, Recipe
 from scratchlm.errors import StageError
-from scratchlm.io import atomic_write_json
+from scratchlm.infer.chat import reply_stop_ids
+from scratchlm.io import atomic_write_json, save_safetensors
 from scratchlm.model.config import ModelConfig
 from scratchlm.model.hf import hf_config, hf_family, hf_state_dict
 from scratchlm.tokenizer.formats import export_tokenizer
@@ -33,10 +33,13 @@ def export_hf(
     out_dir: str | os.PathLike,
     chat_template: str | None = None,
     labels: list[str] | None = None,
+    stop_ids: list[int] | None = None,
 ) -> list[Path]:
     """Write `model` (our GPT, or a GPTClassifier with its class `labels`) and its tokenizer
     as a folder that `from_pretrained` loads; a chat model's Jinja template goes with the
-    tokenizer, so `apply_chat_template` formats conversations as we trained them."""
+    tokenizer, so `apply_chat_template` formats conversations as we trained them, and its
+    `stop_ids` (every token that ends a reply) go to generation_config.json as its EOS ids, so
+    HF `generate` and vLLM stop where `scratchlm chat` does."""
     lm = model.backbone if labels is not None else model
     cfg: ModelConfig = lm.cfg
     family = hf_family(cfg)
@@ -62,10 +65,12 @@ def export_hf(
             "pad_token_id": eot,  # HF finds each row's last real token through the pad id
         }
     tmp = out / ".model.safetensors.tmp"
-    save_file({k: v.contiguous() for k, v in hf_sd.items()}, str(tmp), metadata={"format": "pt"})
+    save_safetensors({k: v.contiguous() for k, v in hf_sd.items()}, tmp, metadata={"format": "pt"})
     os.replace(tmp, out / "model.safetensors")
     atomic_write_json(out / "config.json", config)
-    atomic_write_json(out / "generation_config.json", {"bos_token_id": eot, "eos_token_id": eot})
+    eos = sorted(set(stop_ids or []) | {eot}) if eot is not None else stop_ids
+    eos = eos[0] if eos and len(eos) == 1 else eos
+    atomic_write_json(out / "generation_config.json", {"bos_token_id": eot, "eos_token_id": eos})
     files = [out / "config.json", out / "model.safetensors", out / "generation_config.json"]
     if isinstance(tokenizer, BPETokenizer):
         files += export_tokenizer(
@@ -87,8 +92,10 @@ def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike) -> list[P
         raise StageError(f"{run_dir} is not a run folder (no {runs.CONFIG})")
     loaded = runs.load_model(run_dir)
     template = runs.saved_chat_template(run_dir)
-    jinja = template.to_jinja() if template else None
-    return export_hf(loaded.model, loaded.tokenizer, out_dir, jinja)
+    if template is None:
+        return export_hf(loaded.model, loaded.tokenizer, out_dir)
+    stops = sorted(reply_stop_ids(template, loaded.tokenizer))
+    return export_hf(loaded.model, loaded.tokenizer, out_dir, template.to_jinja(), stop_ids=stops)
 
 
 def import_run(hf_dir: str | os.PathLike, run_dir: str | os.PathLike) -> Path:

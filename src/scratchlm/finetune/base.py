@@ -38,9 +38,12 @@ class Base:
 
 
 def load_base(path: str | Path) -> Base:
-    """Our run folder or an HF folder, as a model in training precision and its tokenizer."""
+    """Our run folder or an HF folder, as a model in training precision and its tokenizer.
+    The source names the weights with their checksum: unmerged adapters are only ever applied
+    to the weights they were trained on."""
     loaded = runs.load_model(path)
-    return Base(loaded.model.float().train(), loaded.tokenizer, loaded.source)
+    source = loaded.source | {"sha256": runs.weights_sha256(loaded.source)}
+    return Base(loaded.model.float().train(), loaded.tokenizer, source)
 
 
 @torch.no_grad()

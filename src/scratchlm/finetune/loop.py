@@ -30,9 +30,15 @@ from scratchlm.train.schedule import lr_multiplier
 MIN_LR_RATIO = 0.1
 
 
+def warmup_steps(total: int, s: FinetuneSettings) -> int:
+    """finetune.warmup_steps, but at most a tenth of the run: a short run (a small file for a
+    few epochs) would otherwise spend all its steps warming up and learn nothing."""
+    return min(s.warmup_steps, total // 10)
+
+
 def lr_at(step: int, total: int, s: FinetuneSettings) -> float:
     """Linear warmup, then cosine decay to MIN_LR_RATIO of finetune.lr (train/schedule.py)."""
-    return s.lr * lr_multiplier(step, total, s.warmup_steps, MIN_LR_RATIO)
+    return s.lr * lr_multiplier(step, total, warmup_steps(total, s), MIN_LR_RATIO)
 
 
 def total_steps(s: FinetuneSettings, examples: int) -> int:

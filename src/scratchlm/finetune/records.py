@@ -43,7 +43,7 @@ def _json_records(path: Path) -> Iterator[tuple[int, Any]]:
     if path.name.lower().endswith(".json"):
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
-        except (ValueError, UnicodeDecodeError) as e:
+        except (ValueError, UnicodeDecodeError, RecursionError) as e:
             raise StageError(f"{path}: not valid JSON: {e}") from None
         if not isinstance(data, list):
             raise StageError(f"{path}: expected a JSON list of records")
@@ -55,7 +55,7 @@ def _json_records(path: Path) -> Iterator[tuple[int, Any]]:
                 continue
             try:
                 yield lineno, json.loads(raw.decode("utf-8"))
-            except (ValueError, UnicodeDecodeError) as e:
+            except (ValueError, UnicodeDecodeError, RecursionError) as e:  # (nested too deep)
                 yield lineno, RecordError(f"not a JSON object ({type(e).__name__})")
 
 

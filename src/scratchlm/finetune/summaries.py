@@ -10,7 +10,9 @@ from typing import Any
 @dataclass
 class FinetuneSummary:
     task: str
-    base: dict[str, str]  # {"kind": "run", "checkpoint": ...} or {"kind": "hf", "path": ...}
+    base: dict[
+        str, str
+    ]  # {"kind": "run", "checkpoint": ...} or {"kind": "hf", "path": ...}, "sha256"
     steps: int
     truncated: dict[str, int]  # examples cut to fit the context, per split
     skipped_records: dict[str, Any]  # per input file: how many bad records, and examples

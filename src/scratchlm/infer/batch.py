@@ -14,7 +14,7 @@ from typing import Any
 
 from scratchlm.config import GenerateSettings
 from scratchlm.errors import StageError
-from scratchlm.infer.generate import complete
+from scratchlm.infer.generate import Row, generate_rows, rows_for
 from scratchlm.tokenizer.tokenizer import Tokenizer
 
 
@@ -48,23 +48,34 @@ def generate_file(
     output: str | None,
     batch_size: int,
 ) -> None:
-    """Continue every prompt, `batch_size` at a time, writing one JSON line per prompt."""
+    """Continue every prompt, `batch_size` generating at once, writing one JSON line per prompt
+    (a row that failed says so in "error"; the others are unharmed)."""
     if batch_size < 1:
         raise StageError("--batch-size must be at least 1")
     out = open(output, "w", encoding="utf-8") if output else sys.stdout  # noqa: SIM115
     try:
-        for i in range(0, len(prompts), batch_size):
-            part = prompts[i : i + batch_size]
-            for prompt, row in zip(part, complete(model, tok, part, s, batch_size), strict=True):
-                line = {
-                    "prompt": prompt,
-                    "completion": row.stream.text,
-                    "finish_reason": row.finish_reason,
-                    "prompt_tokens": len(row.prompt),
-                    "completion_tokens": len(row.tokens),
-                }
-                out.write(json.dumps(line, ensure_ascii=False) + "\n")
+        # The engine keeps batch_size rows generating: a finished row's place goes to the next
+        # prompt at once. Lines go out in input order, each once every row before it is done.
+        rows = rows_for(tok, prompts, s)
+        written = 0
+        for _ in generate_rows(model, tok, rows, max_batch=batch_size):
+            while written < len(rows) and rows[written].finish_reason is not None:
+                out.write(json.dumps(_line(prompts[written], rows[written]), ensure_ascii=False) + "\n")  # fmt: skip
+                written += 1
             out.flush()
     finally:
         if output:
             out.close()
+
+
+def _line(prompt: str, row: Row) -> dict[str, Any]:
+    line = {
+        "prompt": prompt,
+        "completion": row.stream.text,
+        "finish_reason": row.finish_reason,
+        "prompt_tokens": len(row.prompt),
+        "completion_tokens": len(row.tokens),
+    }
+    if row.error:  # this row failed; the others are unharmed
+        line["error"] = row.error
+    return line

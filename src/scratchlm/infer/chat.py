@@ -10,6 +10,7 @@ minus the room kept for the reply, the oldest turns are dropped (and the user is
 
 from __future__ import annotations
 
+import hashlib
 import sys
 from collections.abc import Callable
 from typing import Any, TextIO
@@ -58,6 +59,16 @@ class Chat:
         block = model.cfg.block_size
         self.reply_room = min(s.max_new_tokens, block // 2)  # kept free for the answer
         self.limit = block - self.reply_room
+        self.replies = 0  # in this session, /reset or not
+
+    def turn_seed(self, prompt_ids: list[int]) -> int:
+        """The next reply's seed, drawn from generate.seed, the number of replies before it
+        and the prompt. Two turns never share a seed (with one seed, every question draws
+        the same noise, and a weak model then gives them all one answer), and a session with
+        the same seed and messages replays exactly."""
+        self.replies += 1
+        key = f"{self.s.seed}:{self.replies}:{prompt_ids}".encode()
+        return int.from_bytes(hashlib.sha256(key).digest()[:8], "big")
 
     def reset(self, system: str | None = None) -> None:
         self.turns = []
@@ -84,7 +95,7 @@ class Chat:
             ids,
             budget,
             sampling_of(self.s),
-            self.s.seed + len(self.turns),
+            self.turn_seed(ids),
             tuple(self.s.stop),
             stop_ids,
         )

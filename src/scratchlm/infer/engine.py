@@ -1,100 +1,250 @@
-"""The server's generation loop: one thread owns the model and serves a queue of jobs.
+"""The generation engine: continuous batching over a KV cache of real tokens only.
 
-    request handlers (asyncio) --submit(Job)--> queue --> engine thread: up to max_batch rows
-    of waiting jobs generate together (infer/generate.py) --> each step's text goes back to
-    its job's asyncio queue --> the handler streams it or collects it
+    engine = Engine(model, tokenizer, max_batch=8)
+    engine.add(row)                 # any time, from the thread that calls step()
+    while engine.busy:
+        for row, text in engine.step(): ...   # the rows that moved this step, and their new text
 
-A batch runs until all its rows finish; rows that finish early leave it at once, and a row
-whose client has gone (`Row.cancelled`) leaves at the next step, so a disconnect frees its
-place. Jobs that arrive meanwhile wait for the next batch.
+Every `step()`:
+1. rows that finished or were cancelled leave (their cache slot goes to the next row);
+2. waiting rows join while fewer than `max_batch` run;
+3. the step's tokens are chosen under `token_budget`: one token for each row that decodes,
+   then chunks of the prompts still being read, oldest first (a long prompt takes several
+   steps, so it never stalls the rows that are decoding);
+4. one forward pass over those tokens, laid flat (infer/kv.py: no padding, each row attends
+   to its own tokens only); the rows whose context is fully read pick their next token.
+
+A row whose context reaches block_size goes on as `generate` always has: each further token is
+read from the last block_size tokens, which is a prompt of that length to read again, so it
+costs that row (and the step's token budget), never the other rows' text or cache.
+
+The engine knows nothing of threads or HTTP (infer/worker.py serves it to the web server).
+A row's failure (a sampling error) finishes that row with finish_reason "error"; a failed
+forward pass is retried row by row, so only the row that fails it is lost.
 """
 
 from __future__ import annotations
 
-import asyncio
-import queue
-import threading
-from dataclasses import dataclass, field
-from typing import Any
+from collections import deque
 
-from scratchlm.infer.generate import Row, generate_rows
+import torch
+
+from scratchlm.infer.kv import SlotCache
+from scratchlm.infer.row import Row, TokenLogprob
+from scratchlm.model.gpt import GPT
 from scratchlm.tokenizer.tokenizer import Tokenizer
 
-
-@dataclass(eq=False)
-class Job:
-    """One request's rows, and the asyncio queue its events arrive on: ("text", row, str) per
-    step and row, then ("done", None, "") once every row has finished, or ("error", None, msg)."""
-
-    rows: list[Row]
-    loop: asyncio.AbstractEventLoop
-    events: asyncio.Queue = field(default_factory=asyncio.Queue)
-
-    def send(self, kind: str, row: Row | None, text: str) -> None:
-        self.loop.call_soon_threadsafe(self.events.put_nowait, (kind, row, text))
-
-    def cancel(self) -> None:
-        for r in self.rows:
-            r.cancelled = True
+Events = list[tuple[Row, str]]
 
 
 class Engine:
-    def __init__(self, model: Any, tokenizer: Tokenizer, max_batch: int = 8, max_queue: int = 256):
+    def __init__(
+        self,
+        model: GPT,
+        tokenizer: Tokenizer | None,
+        max_batch: int = 8,
+        token_budget: int = 512,
+        vocab_size: int | None = None,
+    ):
+        if max_batch < 1 or token_budget < 1:
+            raise ValueError("max_batch and token_budget must be at least 1")
         self.model, self.tokenizer = model, tokenizer
-        self.max_batch, self.max_queue = max_batch, max_queue
-        self.jobs: queue.Queue[Job | None] = queue.Queue()
-        self._carry: Job | None = None  # a job that did not fit the last batch
-        self.stats = {"running_rows": 0, "finished_rows": 0, "cancelled_rows": 0}
-        self.thread = threading.Thread(target=self._loop, name="scratchlm-engine", daemon=True)
-        self.thread.start()
+        self.max_batch, self.token_budget = max_batch, token_budget
+        if vocab_size is None:
+            vocab_size = tokenizer.vocab_size if tokenizer is not None else model.cfg.vocab_size
+        self.vocab_size = min(vocab_size, model.cfg.vocab_size)
+        self.block = model.cfg.block_size
+        param = next(model.parameters())
+        self.device = param.device
+        dtype = param.dtype
+        if torch.is_autocast_enabled(param.device.type):  # keys and values come out in its dtype
+            dtype = torch.get_autocast_dtype(param.device.type)
+        self.cache = SlotCache(model.cfg, max_batch, param.device, dtype)
+        self.waiting: deque[Row] = deque()
+        self.running: list[Row] = []  # running[i] lives in cache slot i
+        self._done: Events = []  # rows finished outside a step, reported by the next one
 
-    def full(self) -> bool:
-        return self.jobs.qsize() >= self.max_queue
+    @property
+    def busy(self) -> bool:
+        return bool(self.waiting or self.running or self._done)
 
-    def submit(self, job: Job) -> None:
-        self.jobs.put(job)
+    def add(self, row: Row) -> None:
+        """Queue a row; it joins the batch at a coming step."""
+        row.start(self.tokenizer, self.vocab_size)
+        if row.prompt_logprobs is not None and len(row.ids) > self.block:
+            raise ValueError(f"prompt logprobs need the prompt within the context ({self.block})")
+        row.window = max(0, len(row.ids) - self.block)
+        if row.finish_reason is not None:  # nothing to generate
+            self._done.append((row, ""))
+        else:
+            self.waiting.append(row)
 
-    def stop(self) -> None:
-        self.jobs.put(None)
+    def reject(self, row: Row, message: str) -> None:
+        """Finish a row that cannot run (reported by the next step, like any other)."""
+        row.fail(message)
+        self._done.append((row, ""))
 
-    def _next_batch(self) -> list[Job] | None:
-        """Jobs whose rows together fit max_batch (a job bigger than that runs alone); a job
-        that does not fit waits, first in line, for the next batch."""
-        first, self._carry = self._carry or self.jobs.get(), None
-        if first is None:
-            return None
-        batch, rows = [first], len(first.rows)
-        while rows < self.max_batch:
+    # ------------------------------------------------------------------ one step
+
+    @torch.inference_mode()
+    def step(self) -> Events:
+        events, self._done = self._done, []
+        self._leave(events)
+        while self.waiting and len(self.running) < self.max_batch:
+            row = self.waiting.popleft()
+            if row.cancelled:
+                row.finish_reason = "cancelled"
+                events.append((row, ""))
+                continue
+            self.running.append(row)
+        pieces = self._schedule()
+        if pieces:
+            self._forward(pieces, events)
+        self._leave(events)
+        merged: dict[Row, str] = {}  # one event per row: a row cancelled mid-step moved too
+        for row, text in events:
+            merged[row] = merged.get(row, "") + text
+        return list(merged.items())
+
+    def _leave(self, events: Events) -> None:
+        """Finished and cancelled rows leave; the last row moves into each freed slot."""
+        for i in range(len(self.running) - 1, -1, -1):
+            row = self.running[i]
+            if row.cancelled and row.finish_reason is None:
+                row.finish_reason = "cancelled"
+                events.append((row, ""))
+            if row.finish_reason is None:
+                continue
+            last = len(self.running) - 1
+            if i != last:
+                self.running[i] = self.running[last]
+                self.cache.move(last, i)
+            self.cache.reset(last)
+            self.running.pop()
+
+    def _schedule(self) -> list[tuple[int, int]]:
+        """(slot, tokens) to read this step: decoding rows first, then prompt chunks."""
+        for i, row in enumerate(self.running):
+            if len(row.ids) - row.window > self.block:
+                # past the context: read the last block_size tokens afresh, from position 0
+                row.window, row.cached = len(row.ids) - self.block, 0
+                self.cache.reset(i)
+        decode = [(i, 1) for i, r in enumerate(self.running) if r.pending == 1]
+        budget = max(self.token_budget - len(decode), 1)  # a prompt always moves on
+        chunks = []
+        for i, row in enumerate(self.running):
+            if row.pending > 1 and budget > 0:
+                n = min(row.pending, budget)
+                chunks.append((i, n))
+                budget -= n
+        pieces = decode + chunks
+        if pieces:
+            self.cache.reserve(max(self.running[i].cached + n for i, n in pieces))
+        return pieces
+
+    def _forward(self, pieces: list[tuple[int, int]], events: Events) -> None:
+        try:
+            logits_of = self._run(pieces)
+        except Exception as e:  # retry row by row: only a row that fails alone is lost
+            if len(pieces) == 1:
+                self.running[pieces[0][0]].fail(f"{type(e).__name__}: {e}")
+                events.append((self.running[pieces[0][0]], ""))
+                return
+            for piece in pieces:
+                self._forward([piece], events)
+            return
+        self._pick(logits_of, events)
+
+    def _run(self, pieces: list[tuple[int, int]]) -> dict[int, tuple[torch.Tensor, int]]:
+        """One forward pass; for each slot that needs them, its logits (rows, V) on the CPU
+        and the context index of the first of those rows."""
+        ids, select, owners = [], [], []
+        for slot, n in pieces:
+            row = self.running[slot]
+            start = row.window + row.cached
+            ids.extend(row.ids[start : start + n])
+            first = len(ids) - n
+            if row.prompt_logprobs is not None and start < len(row.prompt):
+                select.extend(range(first, len(ids)))  # every prompt position is scored
+                owners.append((slot, n, start))
+            elif n == row.pending and row.wants_token:
+                select.append(len(ids) - 1)
+                owners.append((slot, 1, start + n - 1))
+        self.cache.plan(pieces)
+        try:
+            h = self.model.hidden_states(torch.tensor([ids], device=self.device), self.cache)
+        except Exception:
+            self.cache.abandon()
+            raise
+        for slot, n in pieces:
+            self.running[slot].cached += n
+        if not select:
+            return {}
+        logits = self.model.head(h[0, torch.tensor(select, device=self.device)])
+        logits = logits[:, : self.vocab_size].float().cpu()  # one copy to the host per step
+        out, at = {}, 0
+        for slot, n, first in owners:
+            out[slot] = (logits[at : at + n], first)
+            at += n
+        return out
+
+    def _pick(self, logits_of: dict[int, tuple[torch.Tensor, int]], events: Events) -> None:
+        greedy = [
+            s
+            for s, (lg, _) in logits_of.items()
+            if lg.size(0) == 1 and self._plain_greedy(self.running[s])
+        ]
+        if greedy:  # one argmax for every plain greedy row
+            best = torch.cat([logits_of[s][0] for s in greedy]).argmax(-1).tolist()
+            for s, token in zip(greedy, best, strict=True):
+                events.append((self.running[s], self._accept(s, token, None)))
+        for slot, (logits, first) in logits_of.items():
+            if slot in greedy:
+                continue
+            row = self.running[slot]
             try:
-                job = self.jobs.get_nowait()
-            except queue.Empty:
-                break
-            if job is None:  # stop after this batch
-                self.jobs.put(None)
-                break
-            if rows + len(job.rows) > self.max_batch:
-                self._carry = job
-                break
-            batch.append(job)
-            rows += len(job.rows)
-        return batch
+                events.append((row, self._choose(slot, logits, first)))
+            except Exception as e:  # this row's rules failed: this row alone ends
+                row.fail(f"{type(e).__name__}: {e}")
+                events.append((row, ""))
 
-    def _loop(self) -> None:
-        while (batch := self._next_batch()) is not None:
-            owner = {id(r): job for job in batch for r in job.rows}
-            rows = [r for job in batch for r in job.rows]
-            self.stats["running_rows"] = len(rows)
-            try:
-                for events in generate_rows(self.model, self.tokenizer, rows):
-                    for row, text in events:
-                        owner[id(row)].send("text", row, text)
-                    self.stats["running_rows"] = sum(r.finish_reason is None for r in rows)
-                for job in batch:
-                    job.send("done", None, "")
-            except Exception as e:  # a bug of ours: tell the waiting clients, keep serving
-                for job in batch:
-                    job.send("error", None, f"{type(e).__name__}: {e}")
-            # Counts first, then running_rows = 0: whoever sees nothing running sees the counts.
-            self.stats["finished_rows"] += len(rows)
-            self.stats["cancelled_rows"] += sum(r.finish_reason == "cancelled" for r in rows)
-            self.stats["running_rows"] = 0
+    @staticmethod
+    def _plain_greedy(row: Row) -> bool:
+        s = row.sampling
+        plain = row.logprobs is None and row.prompt_logprobs is None
+        return plain and s.greedy and not s.penalized and row.wants_token
+
+    def _choose(self, slot: int, logits: torch.Tensor, first: int) -> str:
+        """Score the prompt positions read (if asked), then pick the next token (if due)."""
+        row = self.running[slot]
+        if row.prompt_logprobs is not None:
+            logp = logits.log_softmax(-1)
+            for j in range(logits.size(0)):
+                nxt = first + j + 1
+                if nxt < len(row.prompt):
+                    row.prompt_token_logprobs.append(
+                        _logprob(logp[j], row.prompt[nxt], row.prompt_logprobs)
+                    )
+            if first + logits.size(0) < len(row.prompt):
+                return ""  # more of the prompt to read
+            if not row.wants_token:  # max_tokens 0: the prompt's scores were all it wanted
+                row.finish_reason = "length"
+                return row.stream.finish() if row.stream else ""
+        last = logits[-1]
+        token = row.pick(last)
+        record = None
+        if row.logprobs is not None:
+            record = _logprob(last.log_softmax(-1), token, row.logprobs)
+        return self._accept(slot, token, record)
+
+    def _accept(self, slot: int, token: int, record: TokenLogprob | None) -> str:
+        return self.running[slot].accept(token, record)
+
+
+def _logprob(logp: torch.Tensor, token: int, top: int) -> TokenLogprob:
+    """The token's logprob and the `top` most likely (id, logprob) pairs."""
+    best = []
+    if top > 0:
+        values, ids = logp.topk(min(top, logp.numel()))
+        best = list(zip(ids.tolist(), values.tolist(), strict=True))
+    return float(logp[token]), best

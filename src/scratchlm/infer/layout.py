@@ -7,7 +7,8 @@ project's machine: 24 GB/s against 13 GB/s; docs/LOG.md). HF GPT-2's Conv1D laye
 use (in, out); its LM head does not.
 
     prepare_for_generation(model)   # in place; the model then serves inference only
-    load_for_generation(path)       # a run or HF folder, loaded (runs.py) and prepared
+    load_for_generation(path, device, dtype)   # a run or HF folder, loaded (runs/), prepared
+    load_for_generation(path, quantize="int8")  # linear layers as int8 weights (model/quantize.py)
 
 The results equal nn.Linear's up to float rounding (the sums run in another order).
 """
@@ -21,23 +22,40 @@ import torch.nn as nn
 
 from scratchlm import runs
 
+BATCHED_FROM = 3  # rows from which the packed oneDNN weight is faster than W^T (measured)
+
+
+def _pack(weight: torch.Tensor) -> torch.Tensor | None:
+    """The weight in oneDNN's blocked layout, or None where oneDNN is not built in."""
+    try:
+        return torch.ops.mkldnn._reorder_linear_weight(weight, 32)
+    except (AttributeError, RuntimeError):
+        return None
+
 
 class TransposedLinear(nn.Module):
-    """y = x W^T + b, with W^T stored contiguous: a frozen copy of an nn.Linear."""
+    """y = x W^T + b, with W^T stored contiguous: a frozen copy of an nn.Linear.
+
+    A batch of rows (the serving engine's decode step: 8 or 32 rows) is a different product:
+    there, MKL repacks W^T on every call, and a weight packed once in oneDNN's layout is 2-7x
+    faster (docs/LOG.md). So the layer keeps both: W^T for one or two rows, the packed copy for
+    more (it costs a second copy of the weights in memory)."""
 
     def __init__(self, linear: nn.Linear):
         super().__init__()
         self.weight_t = nn.Parameter(linear.weight.detach().t().contiguous(), requires_grad=False)
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach(), False)
         self.out_features = linear.out_features
+        self.packed = _pack(linear.weight.detach().float()) if linear.weight.dtype == torch.float32 else None  # fmt: skip
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, x.size(-1))
-        y = (
-            flat @ self.weight_t
-            if self.bias is None
-            else torch.addmm(self.bias, flat, self.weight_t)
-        )
+        if self.packed is not None and flat.size(0) >= BATCHED_FROM:
+            y = torch.ops.mkldnn._linear_pointwise(flat, self.packed, self.bias, "none", [], "")
+        elif self.bias is None:
+            y = flat @ self.weight_t
+        else:
+            y = torch.addmm(self.bias, flat, self.weight_t)
         return y.view(*x.shape[:-1], self.out_features)
 
 
@@ -53,8 +71,17 @@ def prepare_for_generation(model: nn.Module) -> nn.Module:
     return model.eval()
 
 
-def load_for_generation(path: str | Path) -> runs.LoadedModel:
-    """A run folder or HF folder's model, laid out for generation, with its tokenizer."""
-    loaded = runs.load_model(path)
+def load_for_generation(
+    path: str | Path,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    quantize: str = "none",
+) -> runs.LoadedModel:
+    """A run folder or HF folder's model on `device` in `dtype` (generation's KV cache takes
+    the weights' dtype), laid out for generation, with its tokenizer; with
+    `quantize="int8"` its linear layers hold int8 weights (nothing is left to transpose)."""
+    loaded = runs.load_model(path, device, quantize=quantize)
+    if quantize == "none":
+        loaded.model.to(dtype)
     prepare_for_generation(loaded.model)
     return loaded

@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from scratchlm.model.cache import KVCache
+from scratchlm.model.cache import Cache
 from scratchlm.model.config import ModelConfig
 from scratchlm.model.layers import RMSNorm, apply_rope
 
@@ -38,7 +38,7 @@ class CausalSelfAttention(nn.Module):
         x: torch.Tensor,
         rope: tuple[torch.Tensor, torch.Tensor] | None = None,
         mask: torch.Tensor | None = None,
-        cache: KVCache | None = None,
+        cache: Cache | None = None,
     ) -> torch.Tensor:
         """x (B, T, C). `mask` (B, 1, T, S) says which keys each query may see; None means
         plain causal attention over these T positions (the training fast path)."""
@@ -52,19 +52,20 @@ class CausalSelfAttention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        if cache is not None:
-            k, v = cache.update(self.layer, k, v)
+        # generation: the cache stores k and v, and knows which keys each query sees
+        y = self._attend(q, k, v, mask) if cache is None else cache.attend(self.layer, q, k, v)
+        y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)
+        return self.resid_drop(self.proj(y))
+
+    def _attend(self, q, k, v, mask: torch.Tensor | None) -> torch.Tensor:
         if self.n_kv_head != self.n_head:  # share each key/value head among its query heads
             k = k.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
             v = v.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
         dropout = self.dropout if self.training else 0.0
         # Flash / memory-efficient kernels where available; the maths of attention_reference.
         if mask is None:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
-        else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
-        y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)
-        return self.resid_drop(self.proj(y))
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
 
 
 def attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

@@ -17,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from scratchlm.model.attention import CausalSelfAttention
-from scratchlm.model.cache import KVCache
+from scratchlm.model.cache import Cache
 from scratchlm.model.config import ModelConfig
 from scratchlm.model.layers import MLP, make_norm, rope_tables
 
@@ -83,40 +83,26 @@ class GPT(nn.Module):
         self,
         T: int,
         device: torch.device,
-        cache: KVCache | None,
         attention_mask: torch.Tensor | None,
         document_ids: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Positions (1 or B, T) of the new tokens and the attention mask (B, 1, T, S) or None."""
-        start = cache.length if cache is not None else 0
+        """Positions (1 or B, T) and the attention mask (B, 1, T, T) or None, without a cache."""
         if document_ids is not None:
             return _packed_positions_and_mask(document_ids)
-        if attention_mask is None and cache is None:
-            return torch.arange(T, device=device)[None], None  # training: plain causal
         if attention_mask is None:
-            attention_mask = torch.ones(cache.key_mask.size(0), T, dtype=torch.bool, device=device)
-        keys = (
-            cache.extend_mask(attention_mask.bool()) if cache is not None else attention_mask.bool()
-        )
-        # A row's position counts its real tokens: left padding leaves real positions as they were.
-        positions = (keys.long().cumsum(-1) - 1).clamp(min=0)[:, start:]
-        S = keys.size(1)
-        causal = (
-            torch.arange(start, start + T, device=device)[:, None]
-            >= torch.arange(S, device=device)[None]
-        )
-        mask = causal[None] & keys[:, None, :]
+            return torch.arange(T, device=device)[None], None  # training: plain causal
+        keys = attention_mask.bool()
+        positions = (keys.long().cumsum(-1) - 1).clamp(min=0)
+        steps = torch.arange(T, device=device)
+        mask = (steps[:, None] >= steps[None])[None] & keys[:, None, :]
         # A padding query sees no real key; let it see itself so softmax stays finite.
-        mask |= (
-            torch.arange(start, start + T, device=device)[:, None]
-            == torch.arange(S, device=device)[None]
-        )
+        mask |= steps[:, None] == steps[None]
         return positions, mask[:, None]
 
     def hidden_states(
         self,
         idx: torch.Tensor,
-        cache: KVCache | None = None,
+        cache: Cache | None = None,
         attention_mask: torch.Tensor | None = None,
         document_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
@@ -124,14 +110,13 @@ class GPT(nn.Module):
         (B, T) marks several examples packed in one row: each attends only to itself and
         starts at position 0, exactly as if it were alone."""
         B, T = idx.shape
-        start = cache.length if cache is not None else 0
-        if start + T > self.cfg.block_size:
-            raise ValueError(
-                f"{start + T} positions are more than block_size={self.cfg.block_size}"
-            )
-        positions, mask = self._positions_and_mask(
-            T, idx.device, cache, attention_mask, document_ids
-        )
+        block = self.cfg.block_size
+        if cache is not None:  # the cache knows where each row stands and who sees what
+            positions, mask = cache.begin(idx, attention_mask), None
+        else:
+            if idx.size(1) > block:
+                raise ValueError(f"{T} positions are more than block_size={block}")
+            positions, mask = self._positions_and_mask(T, idx.device, attention_mask, document_ids)
         x = self.wte(idx)
         if self.wpe is not None:
             x = x + self.wpe(positions)
@@ -142,7 +127,7 @@ class GPT(nn.Module):
         for block in self.blocks:
             x = block(x, rope, mask, cache)
         if cache is not None:
-            cache.advance(T)
+            cache.end(T)
         return self.ln_f(x)
 
     def head(self, h: torch.Tensor) -> torch.Tensor:
@@ -159,7 +144,7 @@ class GPT(nn.Module):
         idx: torch.Tensor,
         targets: torch.Tensor | None = None,
         *,
-        cache: KVCache | None = None,
+        cache: Cache | None = None,
         attention_mask: torch.Tensor | None = None,
         document_ids: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -2,7 +2,7 @@
 
 No custom code on either side: the weights are renamed (and, for GPT-2's Conv1D layers,
 transposed), the configs translated key by key. This module only maps; export/hf.py writes
-folders, runs.py reads them.
+folders, runs/ reads them.
 
     hf_family(cfg)                      "gpt2" or "llama" (or why neither fits)
     hf_state_dict(sd, cfg)              our weights under HF names

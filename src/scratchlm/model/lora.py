@@ -18,7 +18,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 from safetensors import safe_open
-from safetensors.torch import save_file
+
+from scratchlm.io import save_safetensors
 
 DEFAULT_TARGETS = ("attn.qkv", "attn.proj")
 
@@ -128,7 +129,7 @@ def save_lora(
         tensors[f"{name}.lora_a"] = layer.lora_a.detach().cpu().contiguous()
         tensors[f"{name}.lora_b"] = layer.lora_b.detach().cpu().contiguous()
     tensors |= also or {}
-    save_file(tensors, str(path), metadata={"lora_config": json.dumps(model.lora_config)})
+    save_safetensors(tensors, path, metadata={"lora_config": json.dumps(model.lora_config)})
 
 
 def read_lora(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:

@@ -34,11 +34,16 @@ FORMAT, VERSION = "scratchlm-bpe", 1
 ENDOFTEXT = SPECIAL_TOKENS[0]
 
 
-def _special_splitter(specials: Mapping[str, int]) -> regex.Pattern | None:
-    """A regex whose split() keeps the special-token strings as pieces of their own."""
-    if not specials:
+def special_splitter(specials: Iterable[str]) -> regex.Pattern | None:
+    """A regex whose split() keeps the special-token strings as pieces of their own.
+
+    Where one special token starts another ("<|a|>" and "<|a|><|a|>"), the longest one that
+    matches at a position wins, as in HF tokenizers: alternation takes the first alternative
+    that matches, so the alternatives go longest first."""
+    ordered = sorted(specials, key=lambda t: (-len(t), t))
+    if not ordered:
         return None
-    return regex.compile("(" + "|".join(regex.escape(t) for t in specials) + ")")
+    return regex.compile("(" + "|".join(regex.escape(t) for t in ordered) + ")")
 
 
 def _encode_with_specials(
@@ -107,7 +112,7 @@ class BPETokenizer:
             mergeable_ranks=self.ranks,
             special_tokens=self.special_tokens,
         )
-        self._special_split = _special_splitter(self.special_tokens)
+        self._special_split = special_splitter(self.special_tokens)
 
     @classmethod
     def from_merges(
@@ -127,9 +132,14 @@ class BPETokenizer:
         return self.special_tokens[ENDOFTEXT]
 
     def encode(self, text: str, allow_special: bool = False) -> list[int]:
-        """Encode text. Special-token strings are ordinary text unless `allow_special`."""
+        """Encode text. Special-token strings are ordinary text unless `allow_special`.
+
+        With `allow_special`, we split at the special tokens ourselves: tiktoken tries them in
+        its hash map's order, so of two overlapping ones it does not reliably take the longer."""
         if allow_special:
-            return self._enc.encode(text, allowed_special="all")
+            return _encode_with_specials(
+                text, self.special_tokens, self._special_split, self._enc.encode_ordinary
+            )
         return self._enc.encode_ordinary(text)
 
     def encode_batch(self, texts: list[str], threads: int = 0) -> list[list[int]]:
@@ -200,7 +210,7 @@ class CharTokenizer:
         self.itos = {i: c for c, i in self.stoi.items()} | {
             i: s for s, i in self.special_tokens.items()
         }
-        self._special_split = _special_splitter(self.special_tokens)
+        self._special_split = special_splitter(self.special_tokens)
 
     @property
     def vocab_size(self) -> int:

@@ -11,7 +11,7 @@ from pathlib import Path
 from scratchlm.errors import StageError
 from scratchlm.tokenizer.bpe import count_pretokens, train_bpe
 from scratchlm.tokenizer.settings import TokenizerSettings
-from scratchlm.tokenizer.tokenizer import BPETokenizer, CharTokenizer
+from scratchlm.tokenizer.tokenizer import BPETokenizer, CharTokenizer, special_splitter
 
 
 def _take_chars(texts: Iterable[str], limit: int) -> Iterator[str]:
@@ -22,6 +22,18 @@ def _take_chars(texts: Iterable[str], limit: int) -> Iterator[str]:
         text = text[: limit - used] if limit else text
         used += len(text)
         yield text
+
+
+def _between_specials(texts: Iterable[str], specials: list[str]) -> Iterator[str]:
+    """The text between special-token strings: "<|endoftext|>" in the training text is one
+    token when encoded with specials allowed, so its pieces ("<|", "endoftext") must not be
+    learned as merges."""
+    splitter = special_splitter(specials)
+    for text in texts:
+        if splitter is None:
+            yield text
+            continue
+        yield from (piece for piece in splitter.split(text) if piece and piece not in specials)
 
 
 def train_tokenizer(
@@ -44,6 +56,7 @@ def train_tokenizer(
             f"and {len(settings.special_tokens)} special tokens"
         )
     workers = settings.workers or os.cpu_count() or 1
+    texts = _between_specials(texts, list(settings.special_tokens))
     counts = count_pretokens(texts, settings.pattern, workers=workers, progress=progress)
     if not counts:
         raise StageError("tokenizer: the training text is empty")

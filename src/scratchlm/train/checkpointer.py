@@ -1,20 +1,21 @@
 """A pretraining run's checkpoints: save, keep the right ones, and restore everything a step
 depends on, so that a run killed at any moment and resumed ends with the same weights.
 
+    resume_point(run)   the newest intact checkpoint (checksums verified; each newer damaged
+                        one named in a warning), checked to hold this model and a training state
     save(step, ...)     weights (model.safetensors), optimizer + data position + RNG states +
                         step (state.pt) and meta.json; on several processes through DCP
                         (sharded_checkpoint.py), with the whole weights beside the shards
     prune()             the last `keep_last` checkpoints and the best by validation loss stay
     restore(...)        weights and optimizer state into the model, whatever its layout
 
-The folder layout belongs to runs.py; this module decides what a training checkpoint holds.
+The folder layout belongs to runs/; this module decides what a training checkpoint holds.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ import torch
 
 from scratchlm import runs
 from scratchlm.errors import StageError
+from scratchlm.io import remove_dir
 from scratchlm.model.config import ModelConfig
 from scratchlm.train.distributed import Dist
 from scratchlm.train.optim import Optimizers
@@ -34,9 +36,13 @@ from scratchlm.train.sharded_checkpoint import (
 )
 
 
-def check_resumable(run_dir: Path, cfg: ModelConfig) -> None:
-    """The latest checkpoint must hold the same model and a training state."""
-    ckpt = runs.latest_checkpoint(run_dir)
+def resume_point(run_dir: Path, warn: Callable[[str], None] | None = None) -> Path | None:
+    """The checkpoint to resume from: the newest intact one (None when there is none at all)."""
+    return runs.intact_checkpoint(run_dir, warn) if runs.checkpoints(run_dir) else None
+
+
+def check_resumable(ckpt: Path, cfg: ModelConfig) -> None:
+    """The checkpoint must hold the same model and a training state."""
     if runs.read_meta(ckpt).get("model") != dataclasses.asdict(cfg):
         raise StageError(
             f"{ckpt} was trained with other model settings; resume needs the same model.*"
@@ -48,18 +54,26 @@ def check_resumable(run_dir: Path, cfg: ModelConfig) -> None:
 
 
 class Checkpointer:
-    def __init__(self, run_dir: Path, dist: Dist, keep_last: int):
+    def __init__(
+        self,
+        run_dir: Path,
+        dist: Dist,
+        keep_last: int,
+        resume_from: Path | None = None,
+        trust_pickled: bool = False,
+    ):
         self.run_dir, self.dist, self.keep_last = run_dir, dist, keep_last
-
-    def exists(self) -> bool:
-        return bool(runs.checkpoints(self.run_dir))
+        self.trust_pickled = trust_pickled  # pretrain.trust_pickled_checkpoints
+        self.last = resume_from  # the newest good checkpoint: resumed from, or saved since
 
     def latest(self) -> Path:
-        return runs.latest_checkpoint(self.run_dir)
+        if self.last is None:
+            raise StageError(f"{self.run_dir}: no checkpoint saved yet")
+        return self.last
 
     def describe_latest(self) -> str:
-        """The newest checkpoint's path, or "none yet" (for messages)."""
-        return str(self.latest()) if self.exists() else "none yet"
+        """The newest good checkpoint's path, or "none yet" (for messages)."""
+        return str(self.last) if self.last is not None else "none yet"
 
     # ------------------------------------------------------------------ saving
 
@@ -79,6 +93,7 @@ class Checkpointer:
         else:
             state = state | {"optimizer": optimizer.state_dict()}
             path = runs.save_checkpoint(self.run_dir, step, model, meta, state)
+        self.last = path
         self.prune()
         return path
 
@@ -96,12 +111,12 @@ class Checkpointer:
         ckpts = runs.checkpoints(self.run_dir)
         best, best_loss = None, math.inf
         for c in ckpts:
-            loss = runs.read_meta(c).get("val_loss")
+            loss = _val_loss(c)
             if loss is not None and loss < best_loss:
                 best, best_loss = c, loss
         for c in ckpts[: -self.keep_last]:
-            if c != best:
-                shutil.rmtree(c)
+            if c not in (best, self.last):
+                remove_dir(c)
         if best is not None:
             runs.write_best(self.run_dir, best, best_loss)
 
@@ -113,7 +128,7 @@ class Checkpointer:
         ckpt = self.latest()
         state = runs.read_training_state(ckpt)
         if is_sharded(ckpt):
-            load_sharded(ckpt, model, optimizer.optimizers, self.dist.strategy)
+            load_sharded(ckpt, model, optimizer.optimizers, self.dist.strategy, self.trust_pickled)
         elif not self.dist.enabled:  # on several processes: done by full_state_for_ranks
             runs.load_weights(model, ckpt)
             optimizer.load_state_dict(state["optimizer"])
@@ -136,3 +151,13 @@ class Checkpointer:
         runs.load_weights(model, ckpt)
         saved = runs.read_training_state(ckpt)["optimizer"]
         return full_optimizer_state(model, make_optimizer().optimizers, saved)
+
+
+def _val_loss(ckpt: Path) -> float | None:
+    """The checkpoint's validation loss, or None (not measured, or its meta.json is gone: what
+    an older kill during pruning could leave)."""
+    try:
+        loss = runs.read_meta(ckpt).get("val_loss")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return loss if isinstance(loss, (int, float)) else None

@@ -74,43 +74,49 @@ def tp_degree(p: ParallelSettings, world: int) -> int:
 def check_settings(
     p: ParallelSettings, cfg: ModelConfig, s: PretrainSettings, world: int, device: str = "cpu"
 ) -> None:
-    """Refuse a layout that cannot work, before any process group or model exists."""
+    """Refuse a layout that cannot work, before any process group or model exists: one
+    error that lists every problem (so they are fixed in one go, not one per attempt)."""
     if world <= 1:
         return
+    problems = []
     if p.cpu_offload and (p.strategy not in ("fsdp", "fsdp+tp") or device == "cpu"):
         # FSDP2's CPUOffloadPolicy moves shards to the accelerator for compute; without one,
         # fully_shard fails ("Cannot access accelerator device when none is available").
-        raise SettingsError(
+        problems.append(
             f"parallel.cpu_offload=true needs strategy fsdp or fsdp+tp on a GPU "
             f"(here: {p.strategy} on {device}); on CPU the shards are in CPU memory already"
         )
     tp = tp_degree(p, world)
     if p.strategy == "fsdp+tp" and (tp < 1 or world % tp):
-        raise SettingsError(
+        problems.append(
             f"parallel.tp_size={p.tp_size}: strategy fsdp+tp needs a tp_size >= 1 that divides "
             f"the {world} processes"
         )
-    if tp > 1:
-        for key, value in (("n_head", cfg.n_head), ("n_kv_head", cfg.kv_heads)):
+    elif tp > 1:
+        sizes = [("model.n_head", cfg.n_head), ("model.n_kv_head", cfg.kv_heads)]
+        sizes.append((f"the MLP width (model.mlp_hidden, {cfg.mlp})", cfg.hidden))
+        for key, value in sizes:
             if value % tp:
-                raise SettingsError(
-                    f"model.{key}={value} is not divisible by the tensor-parallel size {tp} "
+                problems.append(
+                    f"{key}={value} is not divisible by the tensor-parallel size {tp} "
                     f"(parallel.strategy={p.strategy})"
                 )
-        if cfg.hidden % tp:
-            raise SettingsError(
-                f"model MLP width {cfg.hidden} is not divisible by the tensor-parallel size {tp}"
-            )
-        if cfg.mlp == "swiglu":
-            raise SettingsError(
-                f"model.mlp=swiglu is not supported with parallel.strategy={p.strategy} yet "
-                "(its fused gate/up matrix would split across ranks): use gelu or relu2"
-            )
-    if p.strategy != "ddp" and s.optimizer == "muon":
+    if len(problems) == 1:
+        raise SettingsError(problems[0])
+    if problems:
         raise SettingsError(
-            f"pretrain.optimizer=muon needs whole matrices; with parallel.strategy={p.strategy} "
-            "use adamw (or strategy ddp)"
+            f"{len(problems)} problems with this layout on {world} processes:\n  - "
+            + "\n  - ".join(problems)
         )
+
+
+def backend_for(p: ParallelSettings, device: torch.device) -> str:
+    """NCCL on CUDA, gloo on CPU. With cpu_offload the gradients live in CPU memory, and
+    NCCL moves only GPU tensors: their norm (for clipping) is summed over gloo (torchtitan)."""
+    backend = p.backend if p.backend != "auto" else ("nccl" if device.type == "cuda" else "gloo")
+    if backend == "nccl" and p.cpu_offload:
+        return "cuda:nccl,cpu:gloo"
+    return backend
 
 
 def setup(p: ParallelSettings, device: torch.device) -> tuple[Dist, torch.device]:
@@ -125,7 +131,7 @@ def setup(p: ParallelSettings, device: torch.device) -> tuple[Dist, torch.device
     if device.type == "cuda":
         torch.cuda.set_device(local_rank)
         device = torch.device("cuda", local_rank)
-    backend = p.backend if p.backend != "auto" else ("nccl" if device.type == "cuda" else "gloo")
+    backend = backend_for(p, device)
     # The timeout bounds how long a rank waits for one that died: the job stops, not hangs.
     timeout = timedelta(seconds=p.timeout)
     attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
@@ -178,17 +184,20 @@ def barrier(d: Dist) -> None:
 # --------------------------------------------------------------------------- parallelize
 
 
-class SplitQKV(nn.Module):
-    """The fused q|k|v projection as three Linears, so that a column-wise split gives each
-    rank whole heads of q, of k and of v (split as one matrix, rank 0 would get all of q
-    and none of v). Outputs are concatenated again, so the attention code is unchanged."""
+class SplitLinear(nn.Module):
+    """A fused projection (attention's q|k|v, SwiGLU's gate|up) as one Linear per part, so
+    that a column-wise split gives each rank matching rows of every part: whole heads of q, k
+    and v, the gate and up rows of the same hidden units (split as one matrix, rank 0 would get
+    all of q and none of v, or all of gate and none of up). The outputs are concatenated again
+    and the model's code is unchanged; `fuse_split` turns the state dict back into one matrix."""
 
-    def __init__(self, fused: nn.Linear, sizes: list[int]):
+    def __init__(self, fused: nn.Linear, sizes: list[int], names: tuple[str, ...]):
         super().__init__()
+        self.names = names
         with torch.no_grad():
             weights = fused.weight.split(sizes, dim=0)
-            biases = fused.bias.split(sizes) if fused.bias is not None else (None,) * 3
-            for name, w, b in zip(("q", "k", "v"), weights, biases, strict=True):
+            biases = fused.bias.split(sizes) if fused.bias is not None else (None,) * len(sizes)
+            for name, w, b in zip(names, weights, biases, strict=True):
                 layer = nn.Linear(w.size(1), w.size(0), bias=b is not None, device=w.device)
                 layer.weight.copy_(w)
                 if b is not None:
@@ -196,20 +205,38 @@ class SplitQKV(nn.Module):
                 self.add_module(name, layer)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([self.q(x), self.k(x), self.v(x)], dim=-1)
+        return torch.cat([getattr(self, name)(x) for name in self.names], dim=-1)
 
 
-def fuse_qkv(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A tensor-parallel state dict (attn.qkv.{q,k,v}.*) in the single-device layout."""
+SPLITS = {"attn.qkv": ("q", "k", "v"), "mlp.fc": ("gate", "up")}  # fused Linear -> its parts
+
+
+def fuse_split(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A tensor-parallel state dict (attn.qkv.{q,k,v}.*, mlp.fc.{gate,up}.*) in the
+    single-device layout."""
     out = {}
     for name, tensor in state.items():
-        if ".attn.qkv.q." in name:
-            base, kind = name.split(".attn.qkv.q.")
-            parts = [state[f"{base}.attn.qkv.{h}.{kind}"] for h in "qkv"]
-            out[f"{base}.attn.qkv.{kind}"] = torch.cat(parts, dim=0)
-        elif not any(f".attn.qkv.{h}." in name for h in "kv"):
+        for fused, parts in SPLITS.items():
+            if f".{fused}.{parts[0]}." in name:
+                base, kind = name.split(f".{fused}.{parts[0]}.")
+                pieces = [state[f"{base}.{fused}.{part}.{kind}"] for part in parts]
+                out[f"{base}.{fused}.{kind}"] = torch.cat(pieces, dim=0)
+                break
+            if any(f".{fused}.{part}." in name for part in parts[1:]):
+                break  # joined with the first part
+        else:
             out[name] = tensor
     return out
+
+
+def split_matrices(model: nn.Module) -> list[list[nn.Parameter]]:
+    """The weights that are one matrix on one device (each SplitLinear's parts, in order):
+    Muon orthogonalises them together, as one process does."""
+    return [
+        [getattr(m, name).weight for name in m.names]
+        for m in model.modules()
+        if isinstance(m, SplitLinear)
+    ]
 
 
 def apply_tp(model: nn.Module, mesh: Any) -> None:
@@ -225,16 +252,15 @@ def apply_tp(model: nn.Module, mesh: Any) -> None:
 
     tp = mesh.size()
     for block in model.blocks:
-        attn = block.attn
-        attn.qkv = SplitQKV(attn.qkv, attn.sizes)
-        plan = {
-            "attn.qkv.q": ColwiseParallel(),
-            "attn.qkv.k": ColwiseParallel(),
-            "attn.qkv.v": ColwiseParallel(),
-            "attn.proj": RowwiseParallel(),
-            "mlp.fc": ColwiseParallel(),
-            "mlp.proj": RowwiseParallel(),
-        }
+        attn, mlp = block.attn, block.mlp
+        attn.qkv = SplitLinear(attn.qkv, attn.sizes, SPLITS["attn.qkv"])
+        plan = {f"attn.qkv.{part}": ColwiseParallel() for part in SPLITS["attn.qkv"]}
+        if mlp.kind == "swiglu":  # each rank: the gate and up rows of the same hidden units
+            mlp.fc = SplitLinear(mlp.fc, [mlp.proj.in_features] * 2, SPLITS["mlp.fc"])
+            plan |= {f"mlp.fc.{part}": ColwiseParallel() for part in SPLITS["mlp.fc"]}
+        else:
+            plan["mlp.fc"] = ColwiseParallel()
+        plan |= {"attn.proj": RowwiseParallel(), "mlp.proj": RowwiseParallel()}
         parallelize_module(block, mesh, plan)
         # Each rank now computes n_head / tp heads on local tensors (use_local_output).
         attn.n_head //= tp
@@ -250,18 +276,28 @@ def apply_tp(model: nn.Module, mesh: Any) -> None:
         model.lm_head.weight = model.wte.weight
 
 
-def apply_fsdp(model: nn.Module, mesh: Any, p: ParallelSettings, device: torch.device) -> None:
-    """FSDP2: each block is one unit (gathered just before it runs, freed after), the root
-    holds the rest (embeddings, final norm, head)."""
-    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
+def fsdp_policies(p: ParallelSettings, device: torch.device) -> dict[str, Any]:
+    """fully_shard's precision and offload policies: on CUDA (mixed_precision) parameters
+    are gathered in bf16 for compute while gradients are reduced in float32; cpu_offload
+    keeps the shards (and so AdamW's state and step) in pinned CPU memory."""
+    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy
 
-    kwargs: dict[str, Any] = {"mesh": mesh}
+    kwargs: dict[str, Any] = {}
     if device.type == "cuda" and p.mixed_precision:
         kwargs["mp_policy"] = MixedPrecisionPolicy(
             param_dtype=torch.bfloat16, reduce_dtype=torch.float32
         )
     if p.cpu_offload:
         kwargs["offload_policy"] = CPUOffloadPolicy()
+    return kwargs
+
+
+def apply_fsdp(model: nn.Module, mesh: Any, p: ParallelSettings, device: torch.device) -> None:
+    """FSDP2: each block is one unit (gathered just before it runs, freed after), the root
+    holds the rest (embeddings, final norm, head)."""
+    from torch.distributed.fsdp import fully_shard
+
+    kwargs = {"mesh": mesh, **fsdp_policies(p, device)}
     for block in model.blocks:
         fully_shard(block, **kwargs)
     fully_shard(model, **kwargs)

@@ -2,7 +2,7 @@
 
     Trainer(recipe, tokens, tokenizer, run).run()    one process, or every rank under torchrun
 
-The run folder's layout is runs.py's; what a checkpoint holds, and keeping the right ones, is
+The run folder's layout is runs/'s; what a checkpoint holds, and keeping the right ones, is
 checkpointer.py's; metrics.jsonl and the plots are metrics.py's; spreading the model over
 processes is distributed.py's; fixing and checking the settings is prepare.py's. What is left here: build the model, data and optimizer, take
 steps, evaluate, and stop cleanly on a signal or a time limit. On CPU, a run killed at any
@@ -18,7 +18,6 @@ import math
 import os
 import signal
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,14 @@ from tqdm import tqdm
 
 from scratchlm import runs
 from scratchlm.config import Recipe
-from scratchlm.device import autocast_for, resolve_device, set_threads
+from scratchlm.device import (
+    autocast_for,
+    resolve_device,
+    rng_state,
+    set_rng_state,
+    set_threads,
+    to_device,
+)
 from scratchlm.errors import StageError
 from scratchlm.eval.evaluate import hook_scores, hook_tasks
 from scratchlm.infer.generate import generate_text
@@ -37,34 +43,11 @@ from scratchlm.tokenizer.tokenizer import Tokenizer, load_tokenizer
 from scratchlm.train import distributed
 from scratchlm.train.checkpointer import Checkpointer
 from scratchlm.train.data import TokenData
-from scratchlm.train.metrics import MetricsLog, check_loggers
-from scratchlm.train.mfu import peak_flops
+from scratchlm.train.metrics import MetricsLog, PretrainSummary, check_loggers
+from scratchlm.train.mfu import MFUMeter
 from scratchlm.train.optim import lr_scale, make_optimizer
-from scratchlm.train.prepare import grad_accum_steps, prepare_run
+from scratchlm.train.prepare import global_batch_meta, grad_accum_steps, prepare_run
 from scratchlm.train.sharded_checkpoint import load_full_optimizer_state
-
-
-@dataclass
-class PretrainSummary:
-    """What `pretrain` did, for the pipeline's manifest and the CLI's summary line."""
-
-    steps: int
-    parameters: int
-    tokens_seen: int
-    initial_val_loss: float
-    final_val_loss: float
-    best_val_loss: float
-    val_split: str
-    skipped_batches: int
-    seconds: float
-    tokens_per_second: int
-    checkpoint: str
-
-    def headline(self) -> str:
-        return (
-            f"{self.parameters:,} params, val loss {self.initial_val_loss:.3f} -> "
-            f"{self.final_val_loss:.3f}, {self.tokens_per_second:,} tok/s"
-        )
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -87,19 +70,21 @@ class Trainer:
         distributed.check_settings(recipe.parallel, recipe.model, s, world, device.type)
         check_loggers(s.loggers)  # parallel settings and loggers are checked before any write
         self.run_dir = run_dir
-        self.recipe = recipe = prepare_run(recipe, tokens_dir, tokenizer_path, run_dir, main)
-        self.cfg = cfg = recipe.model
+        recipe, resume_from = prepare_run(recipe, tokens_dir, tokenizer_path, run_dir, main)
+        self.recipe, self.cfg = recipe, recipe.model
+        cfg = recipe.model
         self.dist, self.device = distributed.setup(recipe.parallel, device)
         set_threads(s.threads)
-        self.checkpointer = Checkpointer(run_dir, self.dist, s.keep_last)
+        self.checkpointer = Checkpointer(
+            run_dir, self.dist, s.keep_last, resume_from, s.trust_pickled_checkpoints
+        )
         self.metrics = MetricsLog(run_dir, self.dist.main, s.name, progress and main)
-        self._load_data(tokens_dir)
+        self._load_data(tokens_dir, resume_from)
 
         torch.manual_seed(s.seed)
         self.model = GPT(cfg).to(self.device)
-        resuming = s.resume == "auto" and self.checkpointer.exists()
         full_optim = None
-        if resuming and self.dist.enabled:
+        if resume_from is not None and self.dist.enabled:
             full_optim = self.checkpointer.full_state_for_ranks(
                 self.model, lambda: make_optimizer(self.model, s, self.device)
             )
@@ -112,10 +97,11 @@ class Trainer:
         if s.compile:
             self.forward = torch.compile(self.forward)
         # Tokens/s counts every rank's tokens, so MFU divides by every rank's peak.
-        self.peak = peak_flops(self.device, s.peak_flops) * self.dist.world
-        self.flops_per_token = self.model.flops_per_token()  # fixed for the run: not per step
+        self.mfu = MFUMeter(
+            self.device, s.peak_flops, self.model.flops_per_token(), self.dist.world
+        )
         self.step, self.best_val, self.skipped = 0, math.inf, 0
-        if resuming:
+        if resume_from is not None:
             self._resume()
         else:
             self.metrics.start()
@@ -128,7 +114,7 @@ class Trainer:
         if recipe.eval.every_steps:
             self.tasks = hook_tasks(recipe.eval, tokens_dir, self.tokenizer())
 
-    def _load_data(self, tokens_dir: Path) -> None:
+    def _load_data(self, tokens_dir: Path, resume_from: Path | None) -> None:
         s, cfg, meta = self.s, self.cfg, load_meta(tokens_dir)
 
         def split(name: str, rank: int = 0, world: int = 1) -> TokenData:
@@ -140,7 +126,9 @@ class Trainer:
         self.train_data = split("train", self.dist.dp_rank, self.dist.dp_world)
         self.val_split = "val" if meta["files"]["val"] else "train"
         self.val_batches = split(self.val_split).fixed_batches(s.eval_batches, s.batch_size)
-        self.grad_accum = grad_accum_steps(s, cfg.block_size, self.dist.dp_world)
+        self.grad_accum = grad_accum_steps(
+            s, cfg.block_size, self.dist.dp_world, resume_from, self.metrics.say
+        )
         self.tokens_per_step = s.batch_size * self.grad_accum * cfg.block_size * self.dist.dp_world
 
     def tokenizer(self) -> Tokenizer:
@@ -153,9 +141,7 @@ class Trainer:
     def _resume(self) -> None:
         state = self.checkpointer.restore(self.model, self.optimizer)
         self.train_data.load_state_dict(state["data"])
-        torch.set_rng_state(state["rng"]["torch"])
-        if self.device.type == "cuda" and state["rng"].get("cuda") is not None:
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        set_rng_state(state["rng"], self.device)
         self.step, self.skipped = int(state["step"]), int(state["skipped"])
         self.best_val = min(float(state["best_val"]), self.metrics.resume(self.step))
         self.metrics.say(f"resumed from {self.checkpointer.latest()} at step {self.step}")
@@ -164,10 +150,7 @@ class Trainer:
         state = {
             "step": self.step,
             "data": self.train_data.state_dict(),
-            "rng": {
-                "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None,
-            },
+            "rng": rng_state(self.device),
             "best_val": self.best_val,
             "skipped": self.skipped,
         }
@@ -175,6 +158,7 @@ class Trainer:
             "val_loss": None,
             "model": dataclasses.asdict(self.cfg),
             "pretrain": dataclasses.asdict(self.s),
+            **global_batch_meta(self.s, self.grad_accum, self.dist.dp_world),
         }
         return self.checkpointer.save(self.step, self.model, self.optimizer, state, meta)
 
@@ -184,26 +168,29 @@ class Trainer:
         """One optimizer step over `grad_accum` micro-batches: (mean loss, gradient norm).
         A non-finite loss or gradient skips the update (on_nonfinite=skip) or stops the run."""
         self.optimizer.set_lr_scale(lr_scale(self.step, self.s))
-        loss_sum = 0.0
+        # The losses stay on the device: the step waits for the GPU once, when the gradient
+        # norm is read (.item() waits for all the work queued before it), not per micro-batch.
+        loss_sum = torch.zeros((), device=self.device)
         for micro in range(self.grad_accum):
             x, y = self.train_data.next_batch(self.s.batch_size)
+            x, y = to_device(x, self.device), to_device(y, self.device)
             with distributed.no_sync(self.forward, micro == self.grad_accum - 1):
                 with autocast_for(self.device):
-                    _, loss = self.forward(x.to(self.device), y.to(self.device))
+                    _, loss = self.forward(x, y)
                 (loss / self.grad_accum).backward()  # mean over micro-batches = the big batch's
-            loss_sum += loss.item()
+            loss_sum += loss.detach()
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        norm = distributed.clip_grad_norm(params, self.s.grad_clip or math.inf)
         if self.dist.enabled:  # every rank must stop at the same step, or the others hang
             loss, signalled, late = distributed.reduce_step_stats(
                 self.dist,
-                loss_sum / self.grad_accum,
+                loss_sum.item() / self.grad_accum,
                 bool(self.stop_signal),
                 time.time() > self.deadline,
             )
             self.agreed_stop = (self.stop_signal or "a signal" if signalled else None, late)
         else:
-            loss = loss_sum / self.grad_accum
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        norm = distributed.clip_grad_norm(params, self.s.grad_clip or math.inf)
+            loss = loss_sum.item() / self.grad_accum
         if not (math.isfinite(loss) and math.isfinite(norm)):
             self.optimizer.zero_grad()
             what = f"loss {loss}, gradient norm {norm} at step {self.step}"
@@ -224,13 +211,13 @@ class Trainer:
     def evaluate(self) -> float:
         """Mean loss over the same validation batches every time."""
         self.model.eval()
-        total = 0.0
+        total = torch.zeros((), device=self.device)
         for x, y in self.val_batches:
             with autocast_for(self.device):
-                _, loss = self.forward(x.to(self.device), y.to(self.device))
-            total += loss.item()
+                _, loss = self.forward(to_device(x, self.device), to_device(y, self.device))
+            total += loss.float()
         self.model.train()
-        return total / len(self.val_batches)
+        return total.item() / len(self.val_batches)
 
     # ------------------------------------------------------------------ the loop
 
@@ -241,6 +228,8 @@ class Trainer:
         with self.metrics.open(self.s.loggers, self.recipe.to_dict()):
             if self.step == 0:
                 self._record_val(self.evaluate(), self._task_scores(due=True))
+            elif self._evaluation_owed():  # killed after its last save, before evaluating it
+                self._validate(self._task_scores(due=True), self.checkpointer.latest())
             self._train(start)
         history = self.metrics.history["val"]
         seconds = time.time() - start
@@ -276,7 +265,10 @@ class Trainer:
                 loss, norm = self.train_step()
                 self.step += 1
                 tok_s = self.tokens_per_step / max(time.time() - t0, 1e-9)
-                mfu = self.flops_per_token * tok_s / self.peak
+                mfu = self.mfu(tok_s)
+                if self.mfu.raised:
+                    self.metrics.say(self.mfu.raised)
+                    self.mfu.raised = None
                 lr = self.optimizer.param_groups[-1]["lr"]
                 self.metrics.record(
                     {
@@ -322,12 +314,7 @@ class Trainer:
             ckpt = self.save()  # before evaluating: one that runs out of memory loses nothing
         scores = self._task_scores(done or self.step % max(self.recipe.eval.every_steps, 1) == 0)
         if done or self.step % s.eval_every == 0:
-            val = self.evaluate()
-            self.best_val = min(self.best_val, val)
-            self._record_val(val, scores)
-            self.metrics.plot()
-            if ckpt is not None:
-                self.checkpointer.annotate(ckpt, val)
+            self._validate(scores, ckpt)
         elif scores:
             self.metrics.record({"step": self.step, **scores})
             self.metrics.plot()
@@ -340,6 +327,20 @@ class Trainer:
         ):
             self._sample()
         return ckpt is not None
+
+    def _validate(self, scores: dict[str, float], ckpt: Path | None) -> None:
+        """Validation loss now: logged with the task `scores`, plotted, added to `ckpt`."""
+        val = self.evaluate()
+        self.best_val = min(self.best_val, val)
+        self._record_val(val, scores)
+        self.metrics.plot()
+        if ckpt is not None:
+            self.checkpointer.annotate(ckpt, val)
+
+    def _evaluation_owed(self) -> bool:
+        """Resumed at a step due for evaluation whose evaluation the log does not hold."""
+        due = self.step == self.s.max_steps or self.step % self.s.eval_every == 0
+        return due and all(step != self.step for step, _ in self.metrics.history["val"])
 
     @torch.no_grad()
     def _task_scores(self, due: bool) -> dict[str, float]:

@@ -1,5 +1,6 @@
 """What a training run measured: metrics.jsonl, the curves drawn from it, and optional mirrors.
 
+    PretrainSummary what the run did, in a few numbers (the pipeline's manifest, the CLI)
     metrics.jsonl   one JSON object per step ({"step", "loss", "lr", ...}), per evaluation
                     ({"step", "val_loss", "acc/<task>"...}) and per sample ({"step", "sample"})
     loss.png        train and validation loss, redrawn at every evaluation
@@ -16,6 +17,7 @@ import importlib.util
 import json
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,29 @@ from scratchlm.io import atomic_write_text
 from scratchlm.train.plots import plot_losses, plot_scores
 
 LOGGER_MODULES = {"tensorboard": "tensorboard", "wandb": "wandb"}
+
+
+@dataclass
+class PretrainSummary:
+    """What `pretrain` did, for the pipeline's manifest and the CLI's summary line."""
+
+    steps: int
+    parameters: int
+    tokens_seen: int
+    initial_val_loss: float
+    final_val_loss: float
+    best_val_loss: float
+    val_split: str
+    skipped_batches: int
+    seconds: float
+    tokens_per_second: int
+    checkpoint: str
+
+    def headline(self) -> str:
+        return (
+            f"{self.parameters:,} params, val loss {self.initial_val_loss:.3f} -> "
+            f"{self.final_val_loss:.3f}, {self.tokens_per_second:,} tok/s"
+        )
 
 
 def check_loggers(names: list[str]) -> None:
@@ -60,7 +85,7 @@ class MetricsLog:
         """Keep the log up to `step` (what came after it is about to be redone), rebuild the
         history from it, and return the best validation loss it holds."""
         lines = self.path.read_text().splitlines() if self.path.is_file() else []
-        records = [r for r in (json.loads(line) for line in lines if line) if r["step"] <= step]
+        records = [r for r in map(_record, lines) if r is not None and r["step"] <= step]
         if self.main:
             atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in records))
         best = float("inf")
@@ -138,3 +163,12 @@ class MetricsLog:
         finally:
             for close in closers:
                 close()
+
+
+def _record(line: str) -> dict[str, Any] | None:
+    """One line of metrics.jsonl; None for a line a kill cut short (dropped on resume)."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) and isinstance(record.get("step"), int) else None

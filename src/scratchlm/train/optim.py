@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from scratchlm.config import PretrainSettings
+from scratchlm.train.distributed import split_matrices
 from scratchlm.train.schedule import lr_multiplier
 
 
@@ -33,7 +34,19 @@ def zeropower_newton_schulz(g: torch.Tensor, steps: int = 5) -> torch.Tensor:
 
 
 class Muon(torch.optim.Optimizer):
-    """Momentum + orthogonalised updates for 2-D weight matrices."""
+    """Momentum + orthogonalised updates for 2-D weight matrices.
+
+    `matrices` groups the parameters that are one matrix on one device (tensor parallelism
+    holds attention's q|k|v and SwiGLU's gate|up as separate Linears): they are
+    orthogonalised together, so every layout takes the steps one process takes.
+
+    Sharded parameters (FSDP, tensor parallel: DTensors) are orthogonalised whole: each rank
+    gathers the full update of a matrix (one all-gather, what FSDP's forward already pays per
+    block), runs Newton-Schulz on it and keeps its own shard. Every rank repeats the same
+    Newton-Schulz work; nanochat's DistMuon instead spreads the matrices over the ranks and
+    all-gathers the results, which saves compute at many ranks but is more code. At the sizes
+    this project trains, the gather is the cost that matters, and it is the same either way.
+    """
 
     def __init__(
         self,
@@ -42,29 +55,54 @@ class Muon(torch.optim.Optimizer):
         momentum: float = 0.95,
         nesterov: bool = True,
         weight_decay: float = 0.0,
+        matrices: list[list[torch.Tensor]] | None = None,
     ):
+        params = list(params)
         super().__init__(
             params, dict(lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
         )
+        self.matrices = matrices or [[p] for p in params]
+
+    def _momentum_update(self, p: torch.Tensor, group: dict[str, Any]) -> torch.Tensor:
+        state = self.state[p]
+        if "momentum_buffer" not in state:
+            state["momentum_buffer"] = torch.zeros_like(p.grad)
+        buf = state["momentum_buffer"]
+        buf.lerp_(p.grad, 1 - group["momentum"])
+        return p.grad.lerp(buf, group["momentum"]) if group["nesterov"] else buf
 
     @torch.no_grad()
     def step(self, closure=None):  # noqa: ANN001 (torch's signature)
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                if "momentum_buffer" not in state:
-                    state["momentum_buffer"] = torch.zeros_like(p.grad)
-                buf = state["momentum_buffer"]
-                buf.lerp_(p.grad, 1 - group["momentum"])
-                update = p.grad.lerp(buf, group["momentum"]) if group["nesterov"] else buf
-                update = zeropower_newton_schulz(update)
-                # Scale so that tall and wide matrices move alike (RMS of the update ~ 0.2-ish).
-                scale = max(1.0, p.size(0) / p.size(1)) ** 0.5
+        from torch.distributed.tensor import DTensor, distribute_tensor
+
+        group = self.param_groups[0]
+        for parts in self.matrices:
+            if any(p.grad is None for p in parts):
+                continue
+            updates = [self._momentum_update(p, group) for p in parts]
+            if len(parts) == 1 and not isinstance(parts[0], DTensor):  # a whole local matrix
+                ortho = [zeropower_newton_schulz(updates[0])]
+            else:
+                whole = torch.cat([_full(u) for u in updates], dim=0)
+                pieces = zeropower_newton_schulz(whole).split([p.size(0) for p in parts])
+                # Every rank holds the same whole result: each keeps its shard, no traffic.
+                ortho = [
+                    distribute_tensor(x, p.device_mesh, p.placements, src_data_rank=None)
+                    if isinstance(p, DTensor)
+                    else x
+                    for x, p in zip(pieces, parts, strict=True)
+                ]
+            # Scale so that tall and wide matrices move alike (RMS of the update ~ 0.2-ish).
+            scale = max(1.0, sum(p.size(0) for p in parts) / parts[0].size(1)) ** 0.5
+            for p, update in zip(parts, ortho, strict=True):
                 if group["weight_decay"]:
                     p.mul_(1 - group["lr"] * group["weight_decay"])
                 p.add_(update, alpha=-group["lr"] * scale)
+
+
+def _full(t: torch.Tensor) -> torch.Tensor:
+    """The whole tensor: a DTensor's shards gathered from every rank, a plain one as it is."""
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
 
 
 class Optimizers:
@@ -129,7 +167,15 @@ def make_optimizer(model: torch.nn.Module, s: PretrainSettings, device: torch.de
     if s.optimizer == "muon":
         hidden = [p for n, p in params if _is_hidden_matrix(n, p)]
         rest = [(n, p) for n, p in params if not _is_hidden_matrix(n, p)]
-        muon = Muon(hidden, lr=s.muon_lr, momentum=s.muon_momentum)
+        joined = split_matrices(model)  # empty on one device
+        in_joined = {id(p) for parts in joined for p in parts}
+        matrices = joined + [[p] for p in hidden if id(p) not in in_joined]
+        muon = Muon(
+            [p for parts in matrices for p in parts],
+            lr=s.muon_lr,
+            momentum=s.muon_momentum,
+            matrices=matrices,
+        )
         params = rest
     groups = [
         {"params": [p for _, p in params if p.dim() >= 2], "weight_decay": s.weight_decay},

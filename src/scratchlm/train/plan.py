@@ -11,6 +11,8 @@ import yaml
 from scratchlm.train.mfu import GPU_PEAKS
 
 TOKENS_PER_PARAM = 20
+# The Llama layout: with SwiGLU at 8/3 width, a block still holds 12 d^2 parameters.
+LLAMA_LAYOUT = dict(norm="rmsnorm", position="rope", mlp="swiglu", bias=False, tie_embeddings=False)
 
 
 def shape_for(params: float) -> dict[str, int]:
@@ -37,7 +39,8 @@ def plan(flops: float | None = None, hours: float | None = None, gpus: int = 1, 
     steps = max(1, round(tokens / tokens_per_step))
     hours_needed = 6 * actual * tokens / (gpus * GPU_PEAKS.get(gpu, GPU_PEAKS["H100"]) * mfu) / 3600
     recipe = {
-        "model": {"preset": "llama-125m", **shape, "n_kv_head": 0, "block_size": block_size},
+        # Every key written out: a preset beside other dimensions would only confuse.
+        "model": {**LLAMA_LAYOUT, **shape, "block_size": block_size},
         "pretrain": {
             "tokens_per_step": tokens_per_step,
             "max_steps": steps,

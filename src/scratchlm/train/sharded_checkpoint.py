@@ -1,7 +1,9 @@
 """Checkpoints of a run on several processes, through torch.distributed.checkpoint (DCP).
 
     <run>/checkpoints/step_000600/sharded/            DCP: every rank writes its own shards of
-                                                      the weights and the optimizer state
+                                                      the weights and the optimizer state;
+                                  sharded/metadata.json  DCP's index as JSON (safe_dcp.py): we
+                                                      never unpickle DCP's own .metadata
                                   model.safetensors   the whole weights, gathered by rank 0, so
                                                       generate / export / finetune read it as is
                                   state.pt            data position, RNG states, step (no optimizer)
@@ -9,12 +11,14 @@
 
 DCP stores each tensor with its global shape and where every shard sits, so a checkpoint
 saved by N processes loads into M (2 -> 1, 1 -> 2, ...) and into any strategy whose
-parameter names match (ddp, fsdp and one process share names; tp splits attn.qkv in three).
+parameter names match (ddp, fsdp and one process share names; tp splits attn.qkv in three
+and SwiGLU's mlp.fc in two).
 A single-process checkpoint (no sharded/) resumes on N processes through the full-state path.
 """
 
 from __future__ import annotations
 
+import pickle
 import shutil
 from pathlib import Path
 from typing import Any
@@ -25,7 +29,14 @@ import torch.nn as nn
 from scratchlm import runs
 from scratchlm.errors import StageError
 from scratchlm.io import publish_dir
-from scratchlm.train.distributed import Dist, barrier, fuse_qkv
+from scratchlm.train.distributed import Dist, barrier, fuse_split
+from scratchlm.train.safe_dcp import (
+    INDEX,
+    has_index,
+    json_index_reader,
+    safe_load_planner,
+    write_index,
+)
 
 
 def is_sharded(ckpt: Path) -> bool:
@@ -71,13 +82,14 @@ def save_sharded(
         tmp.mkdir(parents=True)
     barrier(d)
     model_state, optim_state = get_state_dict(model, optimizers)
-    dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=tmp / "sharded")
+    index = dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=tmp / "sharded")
     # Collective: every rank sends its shards; rank 0 alone receives them (on CPU).
     full = get_model_state_dict(
         model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
     )
     if d.main:
-        full = fuse_qkv(full)
+        write_index(tmp / "sharded", index)  # before the checksums, which cover it
+        full = fuse_split(full)
         if model.cfg.tie_embeddings:  # stored once, as single-process checkpoints do
             full.pop("lm_head.weight", None)
         runs.write_checkpoint_files(tmp, step, full, meta, state)
@@ -87,9 +99,14 @@ def save_sharded(
 
 
 def load_sharded(
-    ckpt: Path, model: nn.Module, optimizers: list[torch.optim.Optimizer], strategy: str
+    ckpt: Path,
+    model: nn.Module,
+    optimizers: list[torch.optim.Optimizer],
+    strategy: str,
+    trust_pickled: bool = False,
 ) -> None:
-    """Load weights and optimizer state from DCP into however this run is laid out."""
+    """Load weights and optimizer state from DCP into however this run is laid out, without
+    unpickling anything from the folder unless `trust_pickled` (see safe_dcp.py)."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
@@ -101,10 +118,30 @@ def load_sharded(
             + ("tp or fsdp+tp" if saved in split else "none, ddp or fsdp")
             + f" (not {strategy}), or start from its model.safetensors"
         )
+    folder = ckpt / "sharded"
+    if has_index(folder):
+        reader, planner = json_index_reader(folder), safe_load_planner()
+    elif trust_pickled:
+        reader, planner = None, None  # DCP's own: pickle.load of .metadata
+    else:
+        raise StageError(
+            f"{folder} has no {INDEX}: reading it means unpickling its .metadata, which runs "
+            "any code a crafted folder holds. If you made this checkpoint (elsewhere, or with "
+            "an older scratchlm), resume with --set pretrain.trust_pickled_checkpoints=true; "
+            f"otherwise start a new run from {ckpt / runs.WEIGHTS}"
+        )
     hyper = _hyperparameters(optimizers)
     model_state, optim_state = get_state_dict(model, optimizers)
     both = {"model": model_state, "optim": optim_state}
-    dcp.load(both, checkpoint_id=ckpt / "sharded")
+    try:
+        dcp.load(both, checkpoint_id=folder, storage_reader=reader, planner=planner)
+    except BaseException as e:  # DCP's CheckpointException is a BaseException
+        if not _refused_unpickling(e):
+            raise
+        raise StageError(
+            f"{folder}: holds a value that is not plain data (refused by weights_only=True): "
+            "it was not written by scratchlm, and is not loaded"
+        ) from None
     set_state_dict(
         model, optimizers, model_state_dict=both["model"], optim_state_dict=both["optim"]
     )
@@ -137,3 +174,12 @@ def load_full_optimizer_state(
         model, optimizers, full, options=StateDictOptions(full_state_dict=True)
     )
     _restore_hyperparameters(optimizers, hyper)
+
+
+def _refused_unpickling(e: BaseException) -> bool:
+    """Did weights_only=True refuse a value? DCP wraps each rank's exception, with its
+    traceback, in a CheckpointException: look through it."""
+    seen: list[object] = [e, e.__cause__]
+    for failure in (getattr(e, "failures", None) or {}).values():
+        seen += list(failure) if isinstance(failure, tuple) else [failure]
+    return any(isinstance(x, pickle.UnpicklingError) for x in seen)
