@@ -104,3 +104,101 @@ def test_a_small_space_gives_what_it_has():
     assert 0 < len(one_digit) < 100  # 100 possible sums, about a tenth held out
     with pytest.raises(ValueError, match="operators"):
         problems(5, operators="^")
+
+
+# --------------------------------------------------------------------------- the loop in the engine
+
+
+def tool_tokenizer():
+    from scratchlm.tokenizer.chat import add_chat_tokens
+    from scratchlm.tokenizer.tokenizer import BPETokenizer
+
+    return add_chat_tokens(BPETokenizer([bytes([i]) for i in range(256)], "gpt2"), tools=True)[0]
+
+
+def memorized_model(tok, sequence: list[int]):
+    """A real (tiny) model trained until it writes `sequence` greedily: a model that calls the
+    tool, made in a second, with no stand-in for any part of the engine."""
+    import torch
+
+    from scratchlm.model.config import ModelConfig
+    from scratchlm.model.gpt import GPT
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=tok.vocab_size, block_size=32, n_layer=1, n_head=2, n_embd=64)
+    model = GPT(cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    x, y = torch.tensor([sequence[:-1]]), torch.tensor([sequence[1:]])
+    for _ in range(300):
+        loss = model(x, y)[1]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if loss.item() < 1e-3:
+            break
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def caller():
+    """A model that, after <|assistant|>, writes <|tool|>12*37<|/tool|><|result|>999<|/result|>
+    999<|end|>: it learned a wrong result, so the right one in its context can only come from
+    the calculator."""
+    tok = tool_tokenizer()
+    s = tok.special_tokens
+    reply = (
+        [s["<|tool|>"], *tok.encode("12*37"), s["<|/tool|>"]]
+        + [s["<|result|>"], *tok.encode("999"), s["<|/result|>"]]
+        + [*tok.encode("999"), s["<|end|>"]]
+    )
+    prompt = [s["<|user|>"], *tok.encode("q"), s["<|end|>"], s["<|assistant|>"]]
+    return tok, memorized_model(tok, prompt + reply), prompt
+
+
+def test_the_engine_reads_the_calculators_result_into_the_context(caller):
+    from scratchlm.infer.generate import generate_rows
+    from scratchlm.infer.row import Row
+    from scratchlm.infer.sampling import Sampling
+
+    tok, model, prompt = caller
+    s = tok.special_tokens
+    end = frozenset({s["<|end|>"]})
+    with_tool = Row(prompt, 20, Sampling(0.0), stop_ids=end, tools=True)
+    without = Row(prompt, 20, Sampling(0.0), stop_ids=end)
+    texts = {id(with_tool): "", id(without): ""}
+    for events in generate_rows(model, tok, [with_tool, without]):
+        for row, text in events:
+            texts[id(row)] += text
+    # Without the tool the model writes its memorised (wrong) result itself.
+    assert tok.decode(without.tokens) == "<|tool|>12*37<|/tool|><|result|>999<|/result|>999"
+    assert without.tool_spans == []
+    # With it, the result is the calculator's, read into the context but never generated.
+    ((start, stop),) = with_tool.tool_spans
+    assert tok.decode(with_tool.ids[start:stop]) == "<|result|>444<|/result|>"
+    assert s["<|result|>"] not in with_tool.tokens
+    assert texts[id(with_tool)].startswith("<|tool|>12*37<|/tool|><|result|>444<|/result|>")
+    assert with_tool.ids[: len(prompt)] == prompt
+
+
+def test_a_malformed_call_gets_an_error_result_and_generation_goes_on():
+    from scratchlm.infer.row import Row
+    from scratchlm.infer.tools import ToolUse
+
+    tok = tool_tokenizer()
+    tools = ToolUse.of(tok)
+    s = tok.special_tokens
+    for expression, result in (("1/0", "error: division by zero"), ("2**99999", "error:")):
+        row = Row([1, 2], 50, tools=True)
+        row.start(tok, tok.vocab_size)
+        for t in [s["<|tool|>"], *tok.encode(expression), s["<|/tool|>"]]:
+            row.accept(t)
+        tools.answer(row)
+        ((start, stop),) = row.tool_spans
+        assert tok.decode(row.ids[start + 1 : stop - 1]).startswith(result)
+        assert row.finish_reason is None and stop == len(row.ids)  # read before the next pick
+    lone = Row([1, 2], 5, tools=True)  # a close without an open
+    lone.start(tok, tok.vocab_size)
+    lone.accept(s["<|/tool|>"])
+    tools.answer(lone)
+    assert "without <|tool|>" in tok.decode(lone.ids)
+    assert ToolUse.of(tool_tokenizer().__class__([bytes([i]) for i in range(256)], "gpt2")) is None

@@ -193,6 +193,9 @@ class GenerateSettings:
     quantize: Literal["none", "int8"] = setting(
         "none", "int8: linear layers as int8 weights on the CPU (faster decoding)"
     )
+    tools: bool = setting(
+        True, "run the calculator when the model writes <|tool|>EXPR<|/tool|> (if it has them)"
+    )
 
 
 @dataclass

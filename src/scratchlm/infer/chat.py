@@ -98,6 +98,7 @@ class Chat:
             self.turn_seed(ids),
             tuple(self.s.stop),
             stop_ids,
+            tools=self.s.tools,
         )
         try:
             for events in generate_rows(self.model, self.tokenizer, [row]):

@@ -31,6 +31,7 @@ import torch
 
 from scratchlm.infer.kv import SlotCache
 from scratchlm.infer.row import Row, TokenLogprob
+from scratchlm.infer.tools import ToolUse
 from scratchlm.model.gpt import GPT
 from scratchlm.tokenizer.tokenizer import Tokenizer
 
@@ -60,6 +61,7 @@ class Engine:
         if torch.is_autocast_enabled(param.device.type):  # keys and values come out in its dtype
             dtype = torch.get_autocast_dtype(param.device.type)
         self.cache = SlotCache(model.cfg, max_batch, param.device, dtype)
+        self.tools = ToolUse.of(tokenizer)  # None when the tokenizer has no tool tokens
         self.waiting: deque[Row] = deque()
         self.running: list[Row] = []  # running[i] lives in cache slot i
         self._done: Events = []  # rows finished outside a step, reported by the next one
@@ -238,7 +240,12 @@ class Engine:
         return self._accept(slot, token, record)
 
     def _accept(self, slot: int, token: int, record: TokenLogprob | None) -> str:
-        return self.running[slot].accept(token, record)
+        row = self.running[slot]
+        text = row.accept(token, record)
+        tools = self.tools
+        if row.tools and tools and token == tools.call_end and row.finish_reason is None:
+            text += tools.answer(row)  # read into the row's context before its next pick
+        return text
 
 
 def _logprob(logp: torch.Tensor, token: int, top: int) -> TokenLogprob:

@@ -66,6 +66,7 @@ def rows_for(tok: Tokenizer, prompts: list[str], s: GenerateSettings) -> list[Ro
             s.seed,
             tuple(s.stop),
             frozenset({tok.eot_id}),
+            tools=s.tools,
         )
         for p in prompts
     ]

@@ -33,7 +33,7 @@ from scratchlm.infer.row import Row
 from scratchlm.infer.worker import Job, deliver
 
 SPEC = ("prompt", "max_new_tokens", "sampling", "seed", "stop", "stop_ids", "logprobs",
-        "prompt_logprobs", "hide_ids")  # fmt: skip
+        "prompt_logprobs", "hide_ids", "tools")  # fmt: skip
 
 
 @dataclass

@@ -32,6 +32,7 @@ class Row:
     logprobs: int | None = None  # record each generated token's logprob and this many top ones
     prompt_logprobs: int | None = None  # the same for each prompt token after the first
     hide_ids: frozenset[int] = frozenset()  # tokens left out of the text (special tokens)
+    tools: bool = False  # run the calculator when the model closes a <|tool|> call
     tag: Any = None  # the caller's: who asked (the engine never reads it)
     tokens: list[int] = field(default_factory=list)  # generated so far (no stop token)
     finish_reason: str | None = None  # "stop", "length", "cancelled" or "error" once finished
@@ -50,6 +51,7 @@ class Row:
         self.window = 0  # ids[window:] is what the model sees (the last block_size tokens)
         self.cached = 0  # ids[window : window + cached] are in the engine's KV cache
         self.token_logprobs: list[TokenLogprob] = []
+        self.tool_spans: list[tuple[int, int]] = []  # ids[a:b] a tool wrote, not the model
         self.prompt_token_logprobs: list[TokenLogprob | None] = [None]  # the first: no context
         s = self.sampling
         self._seen = self._counts = None

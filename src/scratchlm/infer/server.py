@@ -56,6 +56,7 @@ from scratchlm.infer.schemas import (
     TokenizeRequest,
     error_body,
 )
+from scratchlm.infer.tools import ToolUse
 from scratchlm.infer.worker import Job, Worker
 from scratchlm.tokenizer.chat import ChatTemplate
 from scratchlm.tokenizer.tokenizer import Tokenizer
@@ -112,7 +113,11 @@ def create_app(
     block = model.cfg.block_size
     text_stop = frozenset({tokenizer.eot_id})
     chat_stop = reply_stop_ids(template, tokenizer) if template is not None else text_stop
-    specials = frozenset(tokenizer.special_tokens.values())
+    # Special tokens are hidden from the text, as vLLM does; tool calls and results stay
+    # (the calculator runs in the engine: the client sees what it was asked and answered).
+    tools = ToolUse.of(tokenizer)
+    shown = {tools.call, tools.call_end, tools.result, tools.result_end} if tools else set()
+    specials = frozenset(tokenizer.special_tokens.values()) - shown
 
     @app.exception_handler(APIError)
     async def _api_error(_: Request, e: APIError) -> JSONResponse:
@@ -177,6 +182,7 @@ def create_app(
                 logprobs,
                 prompt_logprobs,
                 specials,
+                tools=tools is not None,
             )  # fmt: skip
             for ids in prompts
             for j in range(req.n)

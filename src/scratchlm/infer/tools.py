@@ -16,13 +16,19 @@ fractions, with every size bounded so that no expression can take long or use mu
     calculate("(1+")          -> "error: unexpected end of expression"
 
 A malformed or oversized expression gives an "error: ..." result, which the model sees like any
-other result; the tool never raises.
+other result; the tool never raises. `ToolUse` runs it inside the generation engine, for every
+row that asks for tools (generate, chat, serve and RL rollouts alike).
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from fractions import Fraction
+
+from scratchlm.infer.row import Row
+from scratchlm.tokenizer.chat import ChatTemplate
+from scratchlm.tokenizer.tokenizer import Tokenizer
 
 MAX_CHARS = 200  # longest expression read
 MAX_DIGITS = 40  # largest number, in digits, as input, result or any step between
@@ -168,3 +174,48 @@ def calculate(expression: str) -> str:
         return f"error: {e}"
     except (ZeroDivisionError, OverflowError, ValueError) as e:  # belt and braces
         return f"error: {type(e).__name__}"
+
+
+# --------------------------------------------------------------------------- the loop in the engine
+
+
+@dataclass(frozen=True)
+class ToolUse:
+    """Calls the calculator for a row that just closed a call: the expression since its last
+    <|tool|> is evaluated and <|result|>VALUE<|/result|> is read into the row's context (not
+    its generated tokens); the engine reads it before the row's next token is picked."""
+
+    tokenizer: Tokenizer
+    call: int
+    call_end: int
+    result: int
+    result_end: int
+    max_calls: int = 16  # per row: a model that calls in a loop stops being answered
+
+    @classmethod
+    def of(
+        cls, tokenizer: Tokenizer | None, template: ChatTemplate | None = None
+    ) -> ToolUse | None:
+        """The tool loop for this tokenizer, or None when it has no tool tokens."""
+        if tokenizer is None:
+            return None
+        ids = [tokenizer.special_tokens.get(t) for t in (template or ChatTemplate()).tool_tokens]
+        return None if None in ids else cls(tokenizer, *ids)  # type: ignore[arg-type]
+
+    def answer(self, row: Row) -> str:
+        """Run the call `row` has just closed; return the text the result adds to its stream."""
+        if len(row.tool_spans) >= self.max_calls:
+            return ""
+        generated = row.ids[len(row.prompt) :]
+        opened = max((i for i, t in enumerate(generated[:-1]) if t == self.call), default=None)
+        if opened is None:
+            value = "error: <|/tool|> without <|tool|>"
+        else:
+            value = calculate(self.tokenizer.decode(generated[opened + 1 : -1]))
+        injected = [self.result, *self.tokenizer.encode(value), self.result_end]
+        start = len(row.ids)
+        row.extend(injected)
+        row.tool_spans.append((start, len(row.ids)))
+        if row.stream is None:
+            return ""
+        return "".join(row.stream.push(t) for t in injected if t not in row.hide_ids)
