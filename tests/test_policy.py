@@ -74,7 +74,7 @@ def test_kl_penalty_is_zero_at_the_reference_and_positive_elsewhere():
 
 
 def test_the_verifier_reads_the_last_answer_and_compares_numbers_as_numbers():
-    from scratchlm.finetune.rewards import extract_answer, reward
+    from scratchlm.eval.answers import extract_answer, reward
 
     assert extract_answer("12 and then 444.") == "444"
     assert extract_answer("no number here") is None
@@ -86,7 +86,7 @@ def test_the_verifier_reads_the_last_answer_and_compares_numbers_as_numbers():
 
 
 def test_a_tool_result_is_not_the_models_answer():
-    from scratchlm.finetune.rewards import reward
+    from scratchlm.eval.answers import reward
 
     called = "<|tool|>123+456<|/tool|><|result|>579<|/result|>"
     assert reward(called + "579", "579") == 1.0
@@ -96,8 +96,8 @@ def test_a_tool_result_is_not_the_models_answer():
 
 def test_tasks_from_records_and_builtin_specs():
     from scratchlm.errors import StageError
-    from scratchlm.finetune.records import RecordError
-    from scratchlm.finetune.rewards import builtin_tasks, parse_builtin, to_task
+    from scratchlm.eval.answers import builtin_tasks, parse_builtin
+    from scratchlm.finetune.records import RecordError, to_task
 
     assert to_task({"prompt": "2+2?", "answer": 4}).answer == "4"
     for bad in ({"prompt": "", "answer": 1}, {"prompt": "x"}, {"prompt": "x", "answer": True}, []):
@@ -112,3 +112,40 @@ def test_tasks_from_records_and_builtin_specs():
     heldout = builtin_tasks("builtin:arithmetic:2:+", "heldout", 50, seed=0)
     assert not {t.prompt for t in train} & {t.prompt for t in heldout}
     assert all(eval(t.prompt.removeprefix("What is ").rstrip("?")) == int(t.answer) for t in train)
+
+
+# --------------------------------------------------------------------------- the trainer
+
+
+def test_grpo_raises_the_reward_on_a_tiny_task_within_a_few_steps(tmp_path):
+    """An untrained model answers "7" by chance now and then; GRPO makes it the habit."""
+    import json
+
+    from scratchlm.config import FinetuneSettings
+    from scratchlm.finetune.base import Base
+    from scratchlm.finetune.grpo import run
+    from scratchlm.model.config import ModelConfig
+    from scratchlm.model.gpt import GPT
+    from scratchlm.tokenizer.tokenizer import CharTokenizer
+
+    data = tmp_path / "tasks.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"q{i}", "answer": 7}) + "\n" for i in range(40)))
+    tok = CharTokenizer("0123456789q")
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(vocab_size=tok.vocab_size + 8, block_size=32, n_layer=1, n_head=2, n_embd=32))  # fmt: skip
+    s = FinetuneSettings(
+        task="grpo", data=str(data), max_steps=40, batch_size=4, group_size=8, lr=1e-2,
+        warmup_steps=0, eval_every=40, max_new_tokens=3, eval_prompts=8, tools=False, seed=0,
+    )  # fmt: skip
+    base = Base(model, tok, {"kind": "run", "checkpoint": str(tmp_path / "base")})
+    (tmp_path / "out").mkdir()  # finetune() makes it (atomically) before calling a task
+    summary = run(s, base, tmp_path / "out", torch.device("cpu"), progress=False)
+    rewards = [
+        json.loads(line)["reward"]
+        for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()
+        if "reward" in line
+    ]
+    first, last = sum(rewards[:5]) / 5, sum(rewards[-5:]) / 5
+    assert last > first + 0.3, rewards
+    assert summary.final["acc"] > summary.initial["acc"]
+    assert (tmp_path / "out" / "grpo.png").is_file()

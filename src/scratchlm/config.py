@@ -123,8 +123,9 @@ class ParallelSettings:
 
 @dataclass
 class FinetuneSettings:
-    task: Literal["sft", "classify", "dpo"] = setting(
-        "sft", "instruction tuning, a classification head, or preference tuning"
+    task: Literal["sft", "classify", "dpo", "grpo"] = setting(
+        "sft",
+        "instruction tuning, a classification head, preference tuning, or RL with a verifier",
     )
     data: str = setting(
         "", "training data: .jsonl, .json, .csv or a builtin: set ('' = no fine-tuning stage)"
@@ -160,11 +161,30 @@ class FinetuneSettings:
         "none", "classify: weight the loss by inverse class frequency"
     )
     beta: float = setting(0.1, "dpo: strength of the pull towards the reference model", min=0.0)
+    group_size: int = setting(8, "grpo: completions sampled per prompt (batch_size prompts)", min=2)
+    rl_loss: Literal["clipped", "reinforce"] = setting(
+        "clipped", "grpo: PPO's clipped ratio objective, or REINFORCE with advantages (nanochat)"
+    )
+    advantage: Literal["std", "mean"] = setting(
+        "std", "grpo: rewards minus their group's mean, divided by its std (or not: mean)"
+    )
+    clip: float = setting(0.2, "grpo: clipped: the probability ratio's trust region", min=0.0)
+    kl_coef: float = setting(0.0, "grpo: weight of the KL to the starting model", min=0.0)
+    updates_per_batch: int = setting(1, "grpo: optimizer steps on each batch of samples", min=1)
+    rl_temperature: float = setting(1.0, "grpo: sampling temperature of the completions", min=0.0)
+    answer_pattern: str = setting(
+        r"(-?\d+(?:\.\d+)?)", "grpo: regex whose last match in a reply is its answer"
+    )
+    tools: bool = setting(True, "grpo: replies may call the calculator (<|tool|>...<|/tool|>)")
+    system: str = setting("", "grpo: a system message before every prompt ('' = none)")
+    eval_prompts: int = setting(
+        200, "grpo: held-out prompts scored (pass@1, greedy) at each evaluation", min=1
+    )
     eval_every: int = setting(50, "steps between validation evaluations", min=1)
     sample_prompts: list[str] = setting(
         [], "sft/dpo: prompts answered at each evaluation ('' = the first 2 validation ones)"
     )
-    max_new_tokens: int = setting(60, "sft/dpo: longest sample answer", min=1)
+    max_new_tokens: int = setting(60, "sft/dpo: longest sample answer; grpo: longest reply", min=1)
     seed: int = setting(1337, "seed for the split, data order, head initialisation")
     device: Literal["auto", "cpu", "cuda", "mps"] = setting("auto", "where to train")
     threads: int = setting(0, "torch CPU threads (0 = all cores)", min=0)

@@ -16,6 +16,7 @@ from scratchlm.finetune.summaries import (
     ClassifySummary,
     DPOSummary,
     FinetuneSummary,
+    GRPOSummary,
     SFTSummary,
 )
 from scratchlm.settings import apply_overrides
@@ -24,16 +25,17 @@ from scratchlm.settings import apply_overrides
 def add_parsers(sub: Any) -> None:
     desc = (
         "Fine-tune a pretrained run (or an HF folder): sft on conversations, classify with a "
-        "head, or dpo on preference pairs -> <base>-<task> beside the base run"
+        "head, dpo on preference pairs, or grpo (RL) on prompts whose answers a verifier checks "
+        "-> <base>-<task> beside the base run"
     )
     p = sub.add_parser(
         "finetune",
-        help="Fine-tune a run: sft, classify or dpo",
+        help="Fine-tune a run: sft, classify, dpo or grpo",
         description=desc,
         epilog=settings_help(("finetune",)),
         formatter_class=FORMATTER,
     )
-    p.add_argument("task", choices=["sft", "classify", "dpo"])
+    p.add_argument("task", choices=["sft", "classify", "dpo", "grpo"])
     p.add_argument("base", help="a run folder (e.g. work/demo/runs/demo) or an HF model folder")
     p.add_argument(
         "--data", help="training data: .jsonl, .json, .csv or builtin:shakespeare-dialogue, ..."
@@ -95,6 +97,10 @@ def print_summary(summary: FinetuneSummary, out: Path) -> None:
         print(
             f"  reward accuracy {i.get('reward_accuracy')} -> {f.get('reward_accuracy')}, margin {i.get('reward_margin')} -> {f.get('reward_margin')}"
         )
+    elif isinstance(summary, GRPOSummary):
+        print(f"  {summary.headline()}")
+        print(f"  a held-out reply before: {summary.examples['before']!r}")
+        print(f"  and after:               {summary.examples['after']!r}")
     elif isinstance(summary, ClassifySummary):
         for split, r in (("val", summary.val), ("test", summary.test)):
             if r.get("items"):

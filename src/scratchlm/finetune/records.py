@@ -7,6 +7,7 @@ records into examples through a `convert` function that raises RecordError for a
     sft       {"instruction", "input"?, "output"}  (Alpaca)  or  {"messages": [{"role", "content"}]}
     classify  {"text", "label"}  (field names are settings; CSV columns alike)
     dpo       {"prompt", "chosen", "rejected"}  (prompt: a string or a list of messages)
+    grpo      {"prompt", "answer"}  (the answer a verifier checks replies against)
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 
 from scratchlm.config import FinetuneSettings
 from scratchlm.errors import StageError
+from scratchlm.eval.answers import Task
 from scratchlm.finetune.builtin import builtin_records
 from scratchlm.tokenizer.chat import check_messages
 
@@ -176,3 +178,15 @@ def held_out(s: FinetuneSettings, convert: Any) -> tuple[list, list, dict[str, l
 
 def skipped_summary(skipped: dict[str, list[str]]) -> dict[str, Any]:
     return {src: {"count": len(v), "examples": v[:5]} for src, v in skipped.items() if v}
+
+
+def to_task(record: Any) -> Task:
+    """A JSONL record as a Task (RecordError when it is not {"prompt": str, "answer": ...})."""
+    if not isinstance(record, dict):
+        raise RecordError("expected a JSON object")
+    prompt, answer = record.get("prompt"), record.get("answer")
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise RecordError("'prompt' must be a non-empty string")
+    if not isinstance(answer, (str, int, float)) or isinstance(answer, bool):
+        raise RecordError("'answer' must be a string or a number")
+    return Task(prompt, str(answer))

@@ -19,7 +19,7 @@ from scratchlm import runs
 from scratchlm.config import FinetuneSettings
 from scratchlm.device import resolve_device, set_threads
 from scratchlm.errors import StageError
-from scratchlm.finetune import classify, dpo, sft
+from scratchlm.finetune import classify, dpo, grpo, sft
 from scratchlm.finetune.base import load_base
 from scratchlm.finetune.summaries import FinetuneSummary
 from scratchlm.io import atomic_dir, atomic_write_json
@@ -52,4 +52,4 @@ def finetune(
     return summary
 
 
-TASKS = {"sft": sft.run, "classify": classify.run, "dpo": dpo.run}
+TASKS = {"sft": sft.run, "classify": classify.run, "dpo": dpo.run, "grpo": grpo.run}

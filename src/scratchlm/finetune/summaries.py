@@ -57,10 +57,28 @@ class ClassifySummary(FinetuneSummary):
     test: dict[str, Any]
 
 
+@dataclass
+class GRPOSummary(FinetuneSummary):
+    prompts: dict[str, int]  # training tasks, and held-out ones scored at each evaluation
+    added_tokens: list[str]
+    initial: dict[str, Any]  # held-out pass@1 before: items, acc, acc_ci (95%)
+    final: dict[str, Any]  # ... and after
+    examples: dict[str, str]  # a held-out reply before and after
+
+    def headline(self) -> str:
+        (a, b), (c, d) = self.initial["acc_ci"], self.final["acc_ci"]
+        return (
+            f"grpo, {self.steps} steps, held-out pass@1 {100 * self.initial['acc']:.1f}% "
+            f"({100 * a:.0f}-{100 * b:.0f}) -> {100 * self.final['acc']:.1f}% "
+            f"({100 * c:.0f}-{100 * d:.0f})"
+        )
+
+
 SUMMARIES: dict[str, type[FinetuneSummary]] = {
     "sft": SFTSummary,
     "dpo": DPOSummary,
     "classify": ClassifySummary,
+    "grpo": GRPOSummary,
 }
 
 

@@ -52,6 +52,7 @@ class Row:
         self.cached = 0  # ids[window : window + cached] are in the engine's KV cache
         self.token_logprobs: list[TokenLogprob] = []
         self.tool_spans: list[tuple[int, int]] = []  # ids[a:b] a tool wrote, not the model
+        self.stop_token: int | None = None  # the stop id that ended the row, if one did
         self.prompt_token_logprobs: list[TokenLogprob | None] = [None]  # the first: no context
         s = self.sampling
         self._seen = self._counts = None
@@ -83,7 +84,7 @@ class Row:
         """Record the picked token; return the text it makes final, and finish when due."""
         stream = self.stream
         if token in self.stop_ids:
-            self.finish_reason = "stop"
+            self.finish_reason, self.stop_token = "stop", token
             return stream.finish() if stream else ""
         self.ids.append(token)
         self.tokens.append(token)

@@ -1,4 +1,4 @@
-r"""Tasks with checkable answers, and the verifier that turns a completion into a reward.
+r"""Tasks with checkable answers: the verifier that turns a reply into a reward, and pass@1.
 
     {"prompt": "What is 12*37?", "answer": "444"}          a JSONL line (or a built-in task)
     extract_answer("It is 444.", r"(-?\d+(?:\.\d+)?)")     -> "444"  (the pattern's last match)
@@ -16,9 +16,17 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
+import torch
+
 from scratchlm.data.arithmetic import problems
 from scratchlm.errors import StageError
-from scratchlm.finetune.records import RecordError
+from scratchlm.eval.stats import wilson
+from scratchlm.infer.chat import reply_stop_ids
+from scratchlm.infer.generate import generate_rows
+from scratchlm.infer.row import Row
+from scratchlm.infer.sampling import Sampling
+from scratchlm.tokenizer.chat import ChatTemplate
+from scratchlm.tokenizer.tokenizer import Tokenizer
 
 NUMBER = r"(-?\d+(?:\.\d+)?)"  # the default answer pattern: the last number in the reply
 BUILTIN = "builtin:arithmetic"
@@ -29,18 +37,6 @@ TRAIN_PROBLEMS, HELDOUT_PROBLEMS = 20_000, 500
 class Task:
     prompt: str
     answer: str
-
-
-def to_task(record: Any) -> Task:
-    """A JSONL record as a Task (RecordError when it is not {"prompt": str, "answer": ...})."""
-    if not isinstance(record, dict):
-        raise RecordError("expected a JSON object")
-    prompt, answer = record.get("prompt"), record.get("answer")
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise RecordError("'prompt' must be a non-empty string")
-    if not isinstance(answer, (str, int, float)) or isinstance(answer, bool):
-        raise RecordError("'answer' must be a string or a number")
-    return Task(prompt, str(answer))
 
 
 def parse_builtin(spec: str) -> tuple[int, str]:
@@ -87,3 +83,66 @@ def reward(completion: str, expected: str, pattern: str = NUMBER) -> float:
     the completion (<|result|>...<|/result|>) is not the model's answer and is ignored."""
     answer = extract_answer(TOOL_RESULT.sub(" ", completion), pattern)
     return float(answer is not None and same_answer(answer, expected))
+
+
+# --------------------------------------------------------------------------- pass@1
+
+
+@dataclass
+class AnswerScores:
+    correct: list[bool]
+    replies: list[str]
+
+    @property
+    def accuracy(self) -> float:
+        return sum(self.correct) / max(len(self.correct), 1)
+
+    def summary(self) -> dict[str, Any]:
+        k, n = sum(self.correct), len(self.correct)
+        return {"items": n, "acc": k / max(n, 1), "acc_ci": list(wilson(k, n))}
+
+
+def prompt_ids(
+    tokenizer: Tokenizer, template: ChatTemplate | None, prompt: str, system: str = ""
+) -> list[int]:
+    """A task's prompt as the model reads it: a chat turn (with the system message, if any)
+    for a chat model, else the text itself followed by a space (pretraining's format)."""
+    if template is None:
+        return tokenizer.encode(prompt + " ")
+    messages = ([{"role": "system", "content": system}] if system else []) + [
+        {"role": "user", "content": prompt}
+    ]
+    return template.render(tokenizer, messages, add_generation_prompt=True)[0]
+
+
+@torch.inference_mode()
+def score_answers(
+    model: torch.nn.Module,
+    tokenizer: Tokenizer,
+    template: ChatTemplate | None,
+    tasks: list[Task],
+    *,
+    system: str = "",
+    tools: bool = False,
+    pattern: str = NUMBER,
+    max_new_tokens: int = 32,
+    max_batch: int = 64,
+) -> AnswerScores:
+    """Greedy replies to every task, through the generation engine (the calculator runs when
+    `tools`), and whether each one's answer is right."""
+    stops = reply_stop_ids(template, tokenizer) if template else frozenset({tokenizer.eot_id})
+    if template is None:
+        stops = stops | {i for t, i in tokenizer.special_tokens.items()}
+        stops = frozenset(stops | set(tokenizer.encode("\n")[:1]))  # one line: one answer
+    rows = [
+        Row(prompt_ids(tokenizer, template, t.prompt, system), max_new_tokens, Sampling(0.0),
+            stop_ids=stops, tools=tools)
+        for t in tasks
+    ]  # fmt: skip
+    for _ in generate_rows(model, tokenizer, rows, max_batch=max_batch):
+        pass
+    replies = [tokenizer.decode(r.ids[len(r.prompt) :]) for r in rows]
+    correct = [
+        reward(reply, t.answer, pattern) == 1.0 for reply, t in zip(replies, tasks, strict=True)
+    ]
+    return AnswerScores(correct, replies)
