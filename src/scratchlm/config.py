@@ -191,6 +191,14 @@ class FinetuneSettings:
 
 
 @dataclass
+class RLSettings(FinetuneSettings):
+    """The pipeline's reinforcement-learning stage: GRPO on the fine-tuned run (or on the
+    pretrained one when there is no fine-tuning stage). Every finetune.* setting applies."""
+
+    task: Literal["grpo"] = setting("grpo", "the rl stage runs grpo ('' data = no rl stage)")
+
+
+@dataclass
 class GenerateSettings:
     prompts: list[str] = setting(["\n"], "prompts sampled after pretraining")
     max_new_tokens: int = setting(100, "tokens to sample per prompt", min=1)
@@ -253,9 +261,19 @@ class EvalSettings:
     overlap_ngram: int = setting(
         13, "words an item must share with the training text in a row to count as seen", min=3
     )
+    runs: list[str] = setting(
+        ["pretrain"], "the pipeline's runs evaluated, one after another: pretrain, finetune, rl"
+    )
     quantize: Literal["none", "int8"] = setting(
         "none", "int8: evaluate with int8 linear layers on the CPU (as generate.quantize)"
     )
+
+    def __post_init__(self) -> None:
+        unknown = [r for r in self.runs if r not in ("pretrain", "finetune", "rl")]
+        if unknown or not self.runs:
+            raise SettingsError(
+                f"invalid setting eval.runs={self.runs}: choose from pretrain, finetune, rl"
+            )
 
 
 @dataclass
@@ -268,6 +286,7 @@ class Recipe:
     pretrain: PretrainSettings = field(default_factory=PretrainSettings)
     parallel: ParallelSettings = field(default_factory=ParallelSettings)
     finetune: FinetuneSettings = field(default_factory=FinetuneSettings)
+    rl: RLSettings = field(default_factory=RLSettings)
     generate: GenerateSettings = field(default_factory=GenerateSettings)
     eval: EvalSettings = field(default_factory=EvalSettings)
 

@@ -24,7 +24,7 @@ from scratchlm.data.fasttext_models import train_quality
 from scratchlm.data.sources import iter_documents
 from scratchlm.device import resolve_device
 from scratchlm.errors import SettingsError
-from scratchlm.finetune.summaries import DPOSummary, SFTSummary
+from scratchlm.finetune.summaries import DPOSummary, GRPOSummary, SFTSummary
 from scratchlm.pipeline import SECTIONS, STAGES, Workspace, run_pipeline, run_stage, stage_key
 from scratchlm.train.distributed import check_settings, is_main_process, launched
 from scratchlm.train.metrics import check_loggers
@@ -148,13 +148,19 @@ def cmd_run(args: argparse.Namespace) -> None:
             print(f"\n--- fine-tuning ({tuned.summary.task}), asked: {a['prompt']!r}")
             for who, text in (("pretrained", a["before"]), ("fine-tuned", a["after"])):
                 print(f"{who} model answers:\n  " + text.strip().replace("\n", "\n  "))
+    rl = by_stage.get("rl")
+    if rl and isinstance(rl.summary, GRPOSummary):
+        print(f"\n--- reinforcement learning: {rl.summary.headline()}")
+        print(f"a held-out reply before: {rl.summary.examples['before']!r}")
+        print(f"and after:               {rl.summary.examples['after']!r}")
     if "eval" in by_stage:
         print(f"\n--- evaluation ({by_stage['eval'].out / 'eval.md'})\n")
         print((by_stage["eval"].out / "eval.md").read_text(), end="")
     ran = sum(r.ran for r in results)
     print(
         f"\nDone: {ran} stage(s) ran, {len(results) - ran} skipped, "
-        f"{sum(r.seconds for r in results):.1f} s.\n" + _where_and_next(args, recipe, ws, tuned)
+        f"{sum(r.seconds for r in results):.1f} s.\n"
+        + _where_and_next(args, recipe, ws, rl or tuned)
     )
 
 

@@ -28,7 +28,12 @@ from scratchlm.infer.sampling import Sampling
 from scratchlm.tokenizer.chat import ChatTemplate
 from scratchlm.tokenizer.tokenizer import Tokenizer
 
-NUMBER = r"(-?\d+(?:\.\d+)?)"  # the default answer pattern: the last number in the reply
+NUMBER = r"(-?\d+(?:\.\d+)?)"
+# The system messages of the arithmetic fine-tuning data: whether the calculator may be used.
+TOOLS_ON, TOOLS_OFF = (
+    "tools: calculator",
+    "tools: none",
+)  # the default answer pattern: the last number in the reply
 BUILTIN = "builtin:arithmetic"
 TRAIN_PROBLEMS, HELDOUT_PROBLEMS = 20_000, 500
 

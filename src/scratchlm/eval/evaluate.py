@@ -15,6 +15,14 @@ import torch
 from scratchlm import runs
 from scratchlm.config import EvalSettings
 from scratchlm.errors import StageError
+from scratchlm.eval.answers import BUILTIN as ANSWER_TASKS
+from scratchlm.eval.answers import (
+    HELDOUT_PROBLEMS,
+    TOOLS_OFF,
+    TOOLS_ON,
+    builtin_tasks,
+    score_answers,
+)
 from scratchlm.eval.choice import Item, load_items, score_items
 from scratchlm.eval.overlap import TrainingText, overlap, training_text
 from scratchlm.eval.perplexity import (
@@ -25,6 +33,8 @@ from scratchlm.eval.perplexity import (
 )
 from scratchlm.eval.stats import wilson
 from scratchlm.eval.tasks import BUILTIN_TASKS, NotEnoughText
+from scratchlm.infer.tools import ToolUse
+from scratchlm.tokenizer.chat import ChatTemplate
 from scratchlm.tokenizer.tokenizer import Tokenizer
 
 
@@ -110,9 +120,11 @@ def evaluate(
     heldout: list[list[int]] | None = None,
     tasks: list[str] | None = None,
     train: TrainingText | str | None = None,
+    template: ChatTemplate | None = None,
 ) -> dict[str, Any]:
     """Perplexity on `heldout` documents (token ids) and accuracy on each task; with `train`
-    (the run's training text, or why it is not checked), which tasks' items it holds."""
+    (the run's training text, or why it is not checked), which tasks' items it holds. Answer
+    tasks (builtin:arithmetic...) are replied to, through `template` for a chat model."""
     was_training = model.training
     model.eval()
     result: dict[str, Any] = {"settings": {k: v for k, v in vars(s).items()}}
@@ -121,6 +133,10 @@ def evaluate(
         stride = effective_stride(model.cfg.block_size, s.stride)
         result["perplexity"] = ppl.to_dict() | {"stride": stride}
     specs = tasks if tasks is not None else s.tasks
+    answer_specs = [spec for spec in specs if spec.startswith(ANSWER_TASKS)]
+    specs = [spec for spec in specs if spec not in answer_specs]
+    if answer_specs:
+        result["answers"] = {spec: answer_result(model, tok, template, spec, s) for spec in answer_specs}  # fmt: skip
     # only the built-in tasks read the held-out text: decode it only for them
     texts = (
         [tok.decode(d) for d in heldout] if heldout and set(specs) & set(BUILTIN_TASKS) else None
@@ -148,6 +164,27 @@ def evaluate(
     return result
 
 
+def answer_result(
+    model: torch.nn.Module,
+    tok: Tokenizer,
+    template: ChatTemplate | None,
+    spec: str,
+    s: EvalSettings,
+) -> dict[str, Any]:
+    """pass@1 (greedy) on held-out problems, without the calculator and, for a model that
+    has the tool tokens, with it (its replies may call the tool; the answer must be its own)."""
+    tasks = builtin_tasks(spec, "heldout", s.max_items or HELDOUT_PROBLEMS, s.seed)
+    modes = {"without tool": False}
+    if template is not None and ToolUse.of(tok) is not None:
+        modes["with tool"] = True
+    out = {}
+    for mode, tools in modes.items():
+        system = (TOOLS_ON if tools else TOOLS_OFF) if template else ""
+        scores = score_answers(model, tok, template, tasks, system=system, tools=tools)
+        out[mode] = scores.summary() | {"example": scores.replies[0] if scores.replies else ""}
+    return out
+
+
 def evaluate_path(
     path: Path,
     s: EvalSettings,
@@ -168,7 +205,8 @@ def evaluate_path(
         sources = [found]
     docs = [d for src in sources for d in heldout_documents(src, tok)]
     train = training_text(path, s.train_data, tok)
-    result = evaluate(model, tok, s, docs or None, tasks, train)
+    template = runs.saved_chat_template(path)
+    result = evaluate(model, tok, s, docs or None, tasks, train, template)
     result["model"] = {
         "path": str(path),
         "checkpoint": loaded.checkpoint,
@@ -187,7 +225,8 @@ def hook_tasks(s: EvalSettings, tokens_dir: Path, tok: Tokenizer) -> dict[str, l
     texts = None
     if any(spec in BUILTIN_TASKS for spec in s.tasks):
         texts = [tok.decode(d) for d in shard_documents(tokens_dir, tok)]
-    return {spec: task_items(spec, texts, s)[0] for spec in s.tasks}
+    specs = [spec for spec in s.tasks if not spec.startswith(ANSWER_TASKS)]  # generated: not here
+    return {spec: task_items(spec, texts, s)[0] for spec in specs}
 
 
 def hook_scores(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,17 +18,37 @@ class EvalSummary:
 
     perplexity: dict[str, Any] | None
     tasks: dict[str, dict[str, Any]]  # name -> items, acc, acc_ci, acc_norm, chance
+    answers: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> mode -> acc...
+    phase: str = ""  # which of the pipeline's runs (eval.runs), when it evaluated several
+    others: list[EvalSummary] = field(default_factory=list)  # the other runs' summaries
 
     def headline(self) -> str:
         tasks = ", ".join(f"{n} {100 * t['acc']:.0f}%" for n, t in self.tasks.items())
+        answers = ", ".join(
+            f"{n.removeprefix('builtin:')} {'/'.join(f'{100 * m[k]:.0f}%' for m in modes.values() for k in ['acc'])}"
+            for n, modes in self.answers.items()
+        )
         bpb = f"{self.perplexity['bits_per_byte']:.3f} bits/byte, " if self.perplexity else ""
-        return bpb + tasks
+        line = bpb + ", ".join(x for x in (tasks, answers) if x)
+        if not self.others:
+            return line
+        return "; ".join(f"{s.phase}: {s.headline()}" for s in [self.as_one(), *self.others])
+
+    def as_one(self) -> EvalSummary:
+        return EvalSummary(self.perplexity, self.tasks, self.answers, self.phase)
 
     @classmethod
-    def from_result(cls, result: dict[str, Any]) -> EvalSummary:
+    def from_result(cls, result: dict[str, Any], phase: str = "") -> EvalSummary:
         keep = ("items", "acc", "acc_ci", "acc_norm", "chance")
         tasks = {n: {k: t[k] for k in keep} for n, t in result["tasks"].items()}
-        return cls(result.get("perplexity"), tasks)
+        answers = {
+            n: {mode: {k: m[k] for k in ("items", "acc", "acc_ci")} for mode, m in modes.items()}
+            for n, modes in result.get("answers", {}).items()
+        }
+        return cls(result.get("perplexity"), tasks, answers, phase)
+
+    def __post_init__(self) -> None:  # read back from a manifest: the others are dicts
+        self.others = [o if isinstance(o, EvalSummary) else EvalSummary(**o) for o in self.others]
 
 
 def _pct(x: float) -> str:
@@ -68,10 +88,40 @@ def markdown(result: dict[str, Any]) -> str:
         for name, count in skipped.items():
             first = ", ".join(map(str, result["tasks"][name]["first_skipped"]))
             lines.append(f"\n{name}: {count} malformed line(s) skipped (lines {first}...)")
+    lines += answers_table(result.get("answers", {}))
     for name, why in result.get("skipped_tasks", {}).items():
         lines.append(f"\n{name}: not scored: {why}")
     lines += _overlap(result)
     return "\n".join(lines) + "\n"
+
+
+def answers_table(answers: dict[str, dict[str, Any]], phase: str = "") -> list[str]:
+    """Answer tasks: pass@1 (greedy) without and with the tool, with 95% intervals."""
+    if not answers:
+        return []
+    first = "| run " if phase else ""
+    lines = ["", f"{first}| answer task | tool | items | pass@1 % | 95% CI |"]
+    lines.append(("| --- " if phase else "") + "| --- | --- | ---: | ---: | --- |")
+    for name, modes in answers.items():
+        for mode, m in modes.items():
+            lo, hi = m["acc_ci"]
+            run = f"| {phase} " if phase else ""
+            lines.append(
+                f"{run}| {name} | {mode} | {m['items']} | {_pct(m['acc'])} | {_pct(lo)}-{_pct(hi)} |"
+            )
+    return lines
+
+
+def phases_markdown(results: dict[str, dict[str, Any]]) -> str:
+    """Several runs of one pipeline (pretrained, fine-tuned, RL): their answer tasks side by
+    side, then each run's whole report."""
+    lines = []
+    for phase, result in results.items():
+        lines += answers_table(result.get("answers", {}), phase)[2 if lines else 0 :]
+    lines = lines[1:] + [""] if lines else []
+    for phase, result in results.items():
+        lines += [f"## {phase}", "", markdown(result)]
+    return "\n".join(lines)
 
 
 def _warning(name: str, t: dict[str, Any], o: dict[str, Any]) -> str:

@@ -23,6 +23,7 @@ from typing import Any
 from scratchlm.data.arithmetic import problems
 from scratchlm.data.sources import shakespeare_files
 from scratchlm.errors import StageError
+from scratchlm.eval.answers import TOOLS_OFF, TOOLS_ON
 
 FOLIO_GENRE = {
     "comedy": "alls_well as_you_like_it comedy_of_errors loves_labours_lost measure_for_measure "
@@ -138,9 +139,6 @@ def pydoc_qa() -> Iterator[dict[str, Any]]:
             continue
         answer = " ".join(paragraphs[0].split()[:60])
         yield {"instruction": f"What is {name} in Python?", "output": answer}
-
-
-TOOLS_ON, TOOLS_OFF = "tools: calculator", "tools: none"
 
 
 def arithmetic_tools() -> Iterator[dict[str, Any]]:

@@ -41,6 +41,7 @@ from scratchlm.pipeline.cache import (
     STAGES,
     StageResult,
     Workspace,
+    base_of,
     enabled,
     is_fresh,
     output_files,
@@ -64,7 +65,7 @@ def run_stage(
             return StageResult(stage, False, 0.0, out, summary)
     if stage == "pretrain" and (done := _nothing_to_resume(recipe, out)):
         return done
-    trains = stage in ("pretrain", "finetune") and not force and is_main_process()
+    trains = stage in ("pretrain", "finetune", "rl") and not force and is_main_process()
     if trains and (restored := _put_back_kept(stage, key, out)):
         return restored
     start = time.time()
@@ -81,9 +82,10 @@ def run_stage(
         if not is_main_process():  # under torchrun: rank 0 alone writes the manifest
             return StageResult(stage, True, round(time.time() - start, 2), out, summary)
         atomic_write_text(out / "settings.yaml", settings_yaml)
-    elif stage == "finetune":  # builds its run folder atomically, keeping the one there
+    elif stage in ("finetune", "rl"):  # builds its run folder atomically, keeping the one there
         kept: list[Path] = []
-        summary = finetune(recipe.finetune, ws.out("pretrain"), out, progress, kept.append)
+        settings = recipe.finetune if stage == "finetune" else recipe.rl
+        summary = finetune(settings, base_of(stage, recipe, ws), out, progress, kept.append)
         note = _kept_note(kept[0] if kept else None)
         atomic_write_text(out / "settings.yaml", settings_yaml)
     else:

@@ -19,13 +19,14 @@ from scratchlm.eval.evaluate import input_files
 from scratchlm.eval.tasks import BUILTIN_TASKS
 from scratchlm.io import file_sha256, json_sha256
 
-STAGES = ("curate", "tokenizer", "tokenize", "pretrain", "finetune", "sample", "eval")
+STAGES = ("curate", "tokenizer", "tokenize", "pretrain", "finetune", "rl", "sample", "eval")
 SECTIONS = {  # which recipe sections decide each stage's output
     "curate": ("curate",),
     "tokenizer": ("tokenizer",),
     "tokenize": ("tokenize",),
     "pretrain": ("model", "pretrain"),
     "finetune": ("finetune",),
+    "rl": ("rl",),
     "sample": ("generate",),
     "eval": ("eval",),
 }
@@ -35,8 +36,9 @@ UPSTREAM = {
     "tokenize": ("curate", "tokenizer"),
     "pretrain": ("tokenizer", "tokenize"),
     "finetune": ("pretrain",),
+    "rl": ("pretrain", "finetune"),  # the fine-tuned run when there is one (enabled)
     "sample": ("pretrain",),
-    "eval": ("tokenize", "pretrain"),
+    "eval": ("tokenize", "pretrain", "finetune", "rl"),  # those eval.runs names
 }
 # Settings that change only how fast a stage runs, never what it writes: not part of its key.
 SPEED_ONLY = {
@@ -44,6 +46,7 @@ SPEED_ONLY = {
     "tokenizer": {"workers"},
     "tokenize": {"threads"},
     "finetune": {"threads"},
+    "rl": {"threads"},
     "eval": {"batch_size", "bootstrap", "every_steps"},
 }
 # What a report says about timing changes from run to run; the output digest ignores it.
@@ -66,6 +69,7 @@ COMMANDS = {
     "tokenize": "tokenize",
     "pretrain": "pretrain",
     "finetune": "finetune",
+    "rl": "finetune grpo",
     "sample": "run",
     "eval": "eval",
 }
@@ -76,27 +80,54 @@ class Workspace:
     root: Path
     run_name: str
     finetune_name: str = ""
+    rl_name: str = ""
 
     def out(self, stage: str) -> Path:
         if stage == "pretrain":
             return self.root / "runs" / self.run_name
         if stage == "finetune":
             return self.root / "runs" / (self.finetune_name or f"{self.run_name}-finetune")
+        if stage == "rl":
+            return self.root / "runs" / (self.rl_name or f"{self.run_name}-grpo")
         return self.root / FOLDERS[stage]
 
     @classmethod
     def for_recipe(cls, recipe: Recipe, root: str | Path | None = None) -> Workspace:
-        ft = recipe.finetune
+        ft, rl = recipe.finetune, recipe.rl
+        finetune_name = ft.name or f"{recipe.pretrain.name}-{ft.task}"
+        rl_base = finetune_name if ft.data else recipe.pretrain.name
         return cls(
             Path(root) if root else Path("work") / recipe.name,
             recipe.pretrain.name,
-            ft.name or f"{recipe.pretrain.name}-{ft.task}",
+            finetune_name,
+            rl.name or f"{rl_base}-{rl.task}",
         )
 
 
 def enabled(stage: str, recipe: Recipe) -> bool:
-    """Fine-tuning is the one optional stage: it runs when the recipe names its data."""
-    return stage != "finetune" or bool(recipe.finetune.data)
+    """Fine-tuning and RL are the optional stages: each runs when the recipe names its data."""
+    if stage == "finetune":
+        return bool(recipe.finetune.data)
+    if stage == "rl":
+        return bool(recipe.rl.data)
+    return True
+
+
+def upstream(stage: str, recipe: Recipe) -> list[str]:
+    """The stages whose outputs `stage` reads in this recipe."""
+    ups = [up for up in UPSTREAM[stage] if enabled(up, recipe)]
+    if stage == "rl" and "finetune" in ups:  # GRPO starts from the fine-tuned run
+        ups.remove("pretrain")
+    if stage == "eval":
+        ups = [u for u in ups if u == "tokenize" or u in recipe.eval.runs or u == "pretrain"]
+    return ups
+
+
+def base_of(stage: str, recipe: Recipe, ws: Workspace) -> Path:
+    """The run a fine-tuning stage starts from."""
+    if stage == "rl" and enabled("finetune", recipe):
+        return ws.out("finetune")
+    return ws.out("pretrain")
 
 
 class Summary(Protocol):
@@ -129,7 +160,7 @@ def stage_key(stage: str, recipe: Recipe, ws: Workspace) -> str:
         "settings": {sec: _settings(recipe, sec) for sec in SECTIONS[stage]},
         "upstream": {},
     }
-    for up in UPSTREAM[stage]:
+    for up in upstream(stage, recipe):
         manifest = read_manifest(ws.out(up))
         if manifest is None:
             raise StageError(

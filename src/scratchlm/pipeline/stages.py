@@ -14,11 +14,18 @@ from scratchlm.data.report import CurateSummary
 from scratchlm.device import resolve_device
 from scratchlm.errors import StageError
 from scratchlm.eval.evaluate import evaluate_path
-from scratchlm.eval.report import EvalSummary, write_report
+from scratchlm.eval.report import EvalSummary, phases_markdown, write_report
 from scratchlm.finetune.summaries import summary_from_dict
 from scratchlm.infer.generate import SampleSummary, before_after_samples
-from scratchlm.io import atomic_write_json
-from scratchlm.pipeline.cache import Summary, Workspace, decontamination_inputs, is_fresh, stage_key
+from scratchlm.io import atomic_write_json, atomic_write_text
+from scratchlm.pipeline.cache import (
+    Summary,
+    Workspace,
+    decontamination_inputs,
+    enabled,
+    is_fresh,
+    stage_key,
+)
 from scratchlm.tokenizer.shards import TokenizeSummary, load_meta, tokenize_corpus
 from scratchlm.tokenizer.tokenizer import load_tokenizer
 from scratchlm.tokenizer.train import TokenizerSummary, train_tokenizer_stage
@@ -76,9 +83,16 @@ def _run_eval(recipe: Recipe, ws: Workspace, out: Path, progress: bool) -> EvalS
     device = resolve_device(recipe.pretrain.device, "pretrain.device")
     if s.quantize == "int8":  # int8 weights are for the CPU, wherever training ran
         device = resolve_device("cpu")
-    result = evaluate_path(ws.out("pretrain"), s, device=str(device))
-    write_report(out, result)
-    return EvalSummary.from_result(result)
+    phases = [p for p in s.runs if enabled(p, recipe)] or ["pretrain"]
+    results = {phase: evaluate_path(ws.out(phase), s, device=str(device)) for phase in phases}
+    write_report(out, results[phases[0]])  # eval.json, eval.md: as for one run
+    summary = EvalSummary.from_result(results[phases[0]], phases[0])
+    if len(phases) > 1:  # each other run in a folder of its own; eval.md holds them all
+        for phase in phases[1:]:
+            write_report(out / phase, results[phase])
+            summary.others.append(EvalSummary.from_result(results[phase], phase))
+        atomic_write_text(out / "eval.md", phases_markdown(results))
+    return summary
 
 
 RUNNERS: dict[str, Callable[[Recipe, Workspace, Path, bool], Summary]] = {
@@ -103,6 +117,8 @@ def saved_summary(stage: str, manifest: dict[str, Any]) -> Summary | None:
     """The summary a manifest holds, or None if it was written in another shape."""
     data = manifest.get("summary", {})
     try:
-        return summary_from_dict(data) if stage == "finetune" else SUMMARIES[stage](**data)
+        if stage in ("finetune", "rl"):
+            return summary_from_dict(data)
+        return SUMMARIES[stage](**data)
     except (TypeError, KeyError):
         return None
