@@ -23,9 +23,11 @@ def test_overrides_are_typed():
             "pretrain.lr=1e-3",
             "curate.fix_mojibake=false",
             "curate.sources=[a.txt, b.jsonl]",
+            "finetune.system=tools: calculator",  # YAML would read a mapping: it is text
         ],
     )
     assert r.model.n_layer == 6
+    assert r.finetune.system == "tools: calculator"
     assert r.pretrain.lr == pytest.approx(1e-3) and isinstance(r.pretrain.lr, float)
     assert r.curate.fix_mojibake is False
     assert r.curate.sources == ["a.txt", "b.jsonl"]

@@ -136,3 +136,20 @@ def test_tail_split_too_small_for_any_token_is_an_error(tmp_path):
         tokenize_corpus(
             ["ab"], tok, TokenizeSettings(val_fraction=0.01, split="tail"), tmp_path, progress=False
         )
+
+
+def test_shards_read_with_the_tokenizer_fine_tuning_extended_and_no_other(tmp_path, tok):
+    from scratchlm.errors import StageError
+    from scratchlm.eval.perplexity import shard_documents
+    from scratchlm.tokenizer.chat import add_chat_tokens
+    from scratchlm.tokenizer.shards import made_with
+
+    texts = corpus()
+    meta = tokenize_corpus(texts, tok, TokenizeSettings(val_fraction=0.2), tmp_path, progress=False)
+    extended, added = add_chat_tokens(tok, tools=True)  # what SFT on tool data does
+    assert added and made_with(meta, tok) and made_with(meta, extended)
+    assert list(shard_documents(tmp_path, extended)) == list(shard_documents(tmp_path, tok))
+    other = train_tokenizer(texts[:5], TokenizerSettings(vocab_size=300), progress=False)
+    assert not made_with(meta, other) and not made_with(meta, add_chat_tokens(other, tools=True)[0])
+    with pytest.raises(StageError, match="another tokenizer"):
+        next(iter(shard_documents(tmp_path, other)))

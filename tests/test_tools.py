@@ -202,3 +202,27 @@ def test_a_malformed_call_gets_an_error_result_and_generation_goes_on():
     tools.answer(lone)
     assert "without <|tool|>" in tok.decode(lone.ids)
     assert ToolUse.of(tool_tokenizer().__class__([bytes([i]) for i in range(256)], "gpt2")) is None
+
+
+def test_the_hf_export_carries_the_tool_tokens_and_renders_tool_turns_as_we_train_them(
+    caller, tmp_path
+):
+    transformers = pytest.importorskip("transformers")
+    from scratchlm.export.hf import export_hf
+    from scratchlm.tokenizer.chat import ChatTemplate
+
+    tok, model, _ = caller
+    template = ChatTemplate()
+    export_hf(model, tok, tmp_path, template.to_jinja())
+    hf_tok = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    for token in template.tool_tokens:  # one token each, as the model learned them
+        assert hf_tok.convert_tokens_to_ids(token) == tok.special_tokens[token]
+    convo = [
+        {"role": "system", "content": "tools: calculator"},
+        {"role": "user", "content": "What is 12*37?"},
+        {"role": "assistant", "content": "<|tool|>12*37<|/tool|><|result|>444<|/result|>444"},
+    ]
+    ids, _ = template.render(tok, convo, add_generation_prompt=False)
+    hf_ids = hf_tok.apply_chat_template(convo, tokenize=True)
+    assert list(getattr(hf_ids, "input_ids", hf_ids)) == ids
+    assert tok.special_tokens["<|tool|>"] in ids  # the markup became the tool tokens

@@ -16,6 +16,12 @@ from dataclasses import dataclass
 
 OPERATORS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
 HELDOUT_SHARE = 0.1
+# Pretraining text: an equation, a question and its answer, and a question answered by writing
+# the expression out again (copying the operands is the skill a calculator call needs). The gap
+# after the question varies, so the model learns to find the operands by what they are, not at
+# a fixed distance: a chat template puts other tokens there.
+FORMATS = ("{q}{gap}{a}", "{e}={a}", "{q}{gap}{e}={a}")
+GAPS = (" ", "  ", "\n", " \n", "   ", "\n\n")
 
 
 @dataclass(frozen=True)
@@ -68,9 +74,17 @@ def problems(
     return list(seen.values())
 
 
-def corpus_lines(count: int, seed: int = 0, max_digits: int = 3) -> Iterator[str]:
-    """Training-split problems of 1 to `max_digits` digits as pretraining text: equations
-    ("12+37=49") and questions ("What is 12+37? 49"), half and half."""
-    for digits in range(1, max_digits + 1):
-        for i, p in enumerate(problems(count // max_digits, digits, "+-*", "train", seed)):
-            yield f"{p.expression}={p.answer}" if i % 2 else f"{p.question} {p.answer}"
+def corpus_lines(
+    count: int, seed: int = 0, operators: str = "+", max_digits: int = 3
+) -> Iterator[str]:
+    """About `count` training-split problems as pretraining text, in the three FORMATS in
+    turn: every small one there is, then a quarter
+    of the rest with operands of `max_digits - 1` digits and the others with `max_digits`
+    (the long ones are the hard ones, and there are many more of them to learn from)."""
+    small = [p for d in range(1, max_digits - 1) for p in problems(count, d, operators, "train", seed)]  # fmt: skip
+    middle = problems((count - len(small)) // 4, max_digits - 1, operators, "train", seed)
+    large = problems(count - len(small) - len(middle), max_digits, operators, "train", seed)
+    rng = random.Random(seed)
+    for i, p in enumerate(small + middle + large):
+        gap = rng.choice(GAPS)
+        yield FORMATS[i % len(FORMATS)].format(q=p.question, gap=gap, e=p.expression, a=p.answer)

@@ -42,7 +42,7 @@ from scratchlm.data.inputs import (
 )
 from scratchlm.errors import StageError
 
-ARITHMETIC_DOCS, ARITHMETIC_LINES = 300, 200  # builtin:arithmetic: 40,000 lines in all
+ARITHMETIC_DOCS, ARITHMETIC_LINES = 500, 200  # builtin:arithmetic: 100,000 lines in all
 __all__ = [  # kept importable from here
     "BUILTIN", "BadInput", "fingerprint_sources", "open_binary", "resolve_sources",
     "shakespeare_files",
@@ -70,7 +70,7 @@ def _pydoc_documents() -> Iterator[Document]:
 
 
 def _arithmetic_documents() -> Iterator[Document]:
-    """Equations and questions with their answers ("12+37=49", "What is 12+37? 49"), from the
+    """Equations and questions with their answers ("12+37=49", "What is 12+37? 12+37=49"), from the
     training split of data/arithmetic.py: the held-out problems never appear."""
     lines = list(corpus_lines(ARITHMETIC_DOCS * ARITHMETIC_LINES))
     random.Random(0).shuffle(lines)

@@ -22,7 +22,7 @@ import torch
 
 from scratchlm.data.sources import iter_documents
 from scratchlm.errors import StageError
-from scratchlm.tokenizer.shards import TokenStream, load_meta, token_dtype
+from scratchlm.tokenizer.shards import TokenStream, load_meta, made_with, token_dtype
 from scratchlm.tokenizer.tokenizer import Tokenizer
 
 
@@ -153,7 +153,7 @@ def shard_documents(tokens_dir: Path, tok: Tokenizer, split: str = "") -> Iterat
     """The documents of a tokens folder's `split` as token ids ('' = validation, or train if it
     has none)."""
     meta = load_meta(tokens_dir)
-    if meta.get("tokenizer") != tok.fingerprint():
+    if not made_with(meta, tok):
         raise StageError(
             f"{tokens_dir} was made with another tokenizer than the model's; pass text instead (--text FILE)"
         )

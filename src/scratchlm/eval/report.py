@@ -25,8 +25,9 @@ class EvalSummary:
     def headline(self) -> str:
         tasks = ", ".join(f"{n} {100 * t['acc']:.0f}%" for n, t in self.tasks.items())
         answers = ", ".join(
-            f"{n.removeprefix('builtin:')} {'/'.join(f'{100 * m[k]:.0f}%' for m in modes.values() for k in ['acc'])}"
-            for n, modes in self.answers.items()
+            f"{name.removeprefix('builtin:')} {mode} {_pct_ci(m)}"
+            for name, modes in self.answers.items()
+            for mode, m in modes.items()
         )
         bpb = f"{self.perplexity['bits_per_byte']:.3f} bits/byte, " if self.perplexity else ""
         line = bpb + ", ".join(x for x in (tasks, answers) if x)
@@ -53,6 +54,12 @@ class EvalSummary:
 
 def _pct(x: float) -> str:
     return f"{100 * x:.1f}"
+
+
+def _pct_ci(m: dict[str, Any]) -> str:
+    """An accuracy with its 95% interval: "97% [95-98]"."""
+    lo, hi = m["acc_ci"]
+    return f"{100 * m['acc']:.0f}% [{100 * lo:.0f}-{100 * hi:.0f}]"
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -117,7 +124,7 @@ def phases_markdown(results: dict[str, dict[str, Any]]) -> str:
     side, then each run's whole report."""
     lines = []
     for phase, result in results.items():
-        lines += answers_table(result.get("answers", {}), phase)[2 if lines else 0 :]
+        lines += answers_table(result.get("answers", {}), phase)[3 if lines else 0 :]  # one header
     lines = lines[1:] + [""] if lines else []
     for phase, result in results.items():
         lines += [f"## {phase}", "", markdown(result)]

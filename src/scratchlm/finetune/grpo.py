@@ -155,7 +155,11 @@ class Rollouts:
             reply, written = reply + [row.stop_token], written + [True]
         text = self.tok.decode(row.ids[len(row.prompt) :])
         r = reward(text, task.answer, self.s.answer_pattern)
-        return Sample(row.prompt + reply, len(row.prompt), written, r)
+        ids, block = row.prompt + reply, self.model.cfg.block_size
+        if len(ids) > block:  # past the context (tool results are read in beyond max_new_tokens):
+            # no reward, and the loss sees what fits, so a reply learns to fit
+            ids, written, r = ids[:block], written[: max(0, block - len(row.prompt))], 0.0
+        return Sample(ids, len(row.prompt), written, r)
 
 
 def plot_curves(metrics: Path, png: Path, title: str) -> None:

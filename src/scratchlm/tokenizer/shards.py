@@ -26,7 +26,7 @@ from tqdm import tqdm
 from scratchlm.errors import StageError
 from scratchlm.io import atomic_write_json
 from scratchlm.tokenizer.settings import TokenizeSettings
-from scratchlm.tokenizer.tokenizer import Tokenizer
+from scratchlm.tokenizer.tokenizer import BPETokenizer, CharTokenizer, Tokenizer
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -189,6 +189,25 @@ def load_meta(tokens_dir: Path) -> dict[str, Any]:
     if not path.is_file():
         raise StageError(f"{tokens_dir} has no meta.json: run `scratchlm tokenize` first")
     return json.loads(path.read_text())
+
+
+def made_with(meta: dict[str, Any], tok: Tokenizer) -> bool:
+    """Whether shards (their meta.json) read right with `tok`: made with it, or with the
+    tokenizer that `tok` extends by special tokens added after its vocabulary (fine-tuning's
+    chat and tool tokens), ids the shards never hold."""
+    if meta.get("tokenizer") == tok.fingerprint():
+        return True
+    made_size = meta.get("vocab_size", 0)
+    if tok.vocab_size <= made_size:
+        return False
+    kept = sorted((i, t) for t, i in tok.special_tokens.items() if i < made_size)
+    if isinstance(tok, CharTokenizer):
+        before: Tokenizer = CharTokenizer(tok.chars, [t for _, t in kept])
+    elif isinstance(tok, BPETokenizer):
+        before = BPETokenizer(tok.vocab, tok.pattern, {t: i for i, t in kept}, tok.merges)
+    else:
+        return False
+    return before.vocab_size == made_size and before.fingerprint() == meta.get("tokenizer")
 
 
 @dataclass
