@@ -163,8 +163,8 @@ def parse_override(item: str) -> tuple[str, Any]:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
-    if isinstance(value, dict):  # no setting takes a mapping: "tools: calculator" is text
-        value = raw
+    if isinstance(value, dict) and not raw.lstrip().startswith("{"):
+        value = raw  # "tools: calculator" is text; only "{a: 1}" is written as a mapping
     return key, value
 
 
