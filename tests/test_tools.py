@@ -226,3 +226,31 @@ def test_the_hf_export_carries_the_tool_tokens_and_renders_tool_turns_as_we_trai
     hf_ids = hf_tok.apply_chat_template(convo, tokenize=True)
     assert list(getattr(hf_ids, "input_ids", hf_ids)) == ids
     assert tok.special_tokens["<|tool|>"] in ids  # the markup became the tool tokens
+
+
+def test_a_rollout_past_the_context_gets_no_reward_and_fits_the_scoring_pass(caller):
+    from scratchlm.config import FinetuneSettings
+    from scratchlm.eval.answers import Task
+    from scratchlm.finetune.grpo import Rollouts, sequence_logprobs
+    from scratchlm.infer.row import Row
+    from scratchlm.infer.tools import ToolUse
+    from scratchlm.tokenizer.chat import ChatTemplate
+
+    tok, model, prompt = caller  # block_size 32
+    s = tok.special_tokens
+    long_prompt = prompt[:1] + tok.encode("x" * 20) + prompt[1:]
+    row = Row(long_prompt, 50, tools=True)
+    row.start(tok, tok.vocab_size)
+    for t in [s["<|tool|>"], *tok.encode("12*37"), s["<|/tool|>"]]:
+        row.accept(t)
+    ToolUse.of(tok).answer(row)  # <|result|>444<|/result|> read in: past 32 positions
+    for t in tok.encode("444"):
+        row.accept(t)
+    assert len(row.ids) > model.cfg.block_size
+    rollouts = Rollouts(model, tok, ChatTemplate(), [], FinetuneSettings(task="grpo"), None)
+    sample = rollouts._sample(row, Task("What is 12*37?", "444"))
+    assert sample.reward == 0.0  # right, but it did not fit
+    assert len(sample.ids) == model.cfg.block_size
+    assert len(sample.written) == len(sample.ids) - sample.prompt_len
+    sample.advantage = 1.0
+    assert sequence_logprobs(model, [sample], tok.eot_id).shape == (1, len(sample.written))
