@@ -117,8 +117,10 @@ def test_tasks_from_records_and_builtin_specs():
 # --------------------------------------------------------------------------- the trainer
 
 
-def test_grpo_raises_the_reward_on_a_tiny_task_within_a_few_steps(tmp_path):
-    """An untrained model answers "7" by chance now and then; GRPO makes it the habit."""
+@pytest.mark.parametrize("lora_rank", [0, 4])
+def test_grpo_raises_the_reward_on_a_tiny_task_within_a_few_steps(tmp_path, lora_rank):
+    """An untrained model answers "7" by chance now and then; GRPO makes it the habit, with
+    every weight training or only LoRA adapters."""
     import json
 
     from scratchlm.config import FinetuneSettings
@@ -133,9 +135,12 @@ def test_grpo_raises_the_reward_on_a_tiny_task_within_a_few_steps(tmp_path):
     tok = CharTokenizer("0123456789q")
     torch.manual_seed(0)
     model = GPT(ModelConfig(vocab_size=tok.vocab_size + 8, block_size=32, n_layer=1, n_head=2, n_embd=32))  # fmt: skip
+    start = {k: v.clone() for k, v in model.state_dict().items()}
     s = FinetuneSettings(
-        task="grpo", data=str(data), max_steps=40, batch_size=4, group_size=8, lr=1e-2,
-        warmup_steps=0, eval_every=40, max_new_tokens=3, eval_prompts=8, tools=False, seed=0,
+        task="grpo", data=str(data), max_steps=40, batch_size=4, group_size=8,
+        lr=3e-2 if lora_rank else 1e-2, lora_rank=lora_rank, warmup_steps=0, eval_every=40,
+        lora_targets=["attn.qkv", "attn.proj", "mlp.fc", "mlp.proj", "lm_head"],
+        max_new_tokens=3, eval_prompts=8, tools=False, seed=0,
     )  # fmt: skip
     base = Base(model, tok, {"kind": "run", "checkpoint": str(tmp_path / "base")})
     (tmp_path / "out").mkdir()  # finetune() makes it (atomically) before calling a task
@@ -149,3 +154,10 @@ def test_grpo_raises_the_reward_on_a_tiny_task_within_a_few_steps(tmp_path):
     assert last > first + 0.3, rewards
     assert summary.final["acc"] > summary.initial["acc"]
     assert (tmp_path / "out" / "grpo.png").is_file()
+    if lora_rank:  # the base weights are as they were: only the adapters learned (and the
+        now = model.state_dict()  # embeddings, which the chat tokens added to the vocabulary)
+        assert any(".lora_b" in k for k in now) and summary.added_tokens
+        for k, v in start.items():
+            if k.startswith(("wte.", "lm_head.")):
+                continue
+            assert torch.equal(now.get(k, now.get(k.replace(".weight", ".base.weight"))), v), k
