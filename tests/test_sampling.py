@@ -170,13 +170,19 @@ def test_generation_goes_on_past_the_context():
     assert row.tokens == seq[3:]
 
 
-def test_prepare_for_generation_keeps_the_logits():
+@pytest.mark.parametrize("n_embd", [16, 256])  # small layers: W^T for one row; large: packed
+@pytest.mark.parametrize("rows", [1, 4])
+def test_prepare_for_generation_keeps_the_logits(n_embd, rows):
+    from scratchlm.infer.layout import PACKED_ONE_ROW_FROM
+
     torch.manual_seed(0)
-    cfg = ModelConfig(vocab_size=50, block_size=16, n_layer=2, n_head=2, n_embd=16, bias=True)
+    cfg = ModelConfig(vocab_size=50, block_size=16, n_layer=2, n_head=2, n_embd=n_embd, bias=True)
     model = GPT(cfg).eval()
-    x = torch.randint(0, 50, (2, 12))
+    x = torch.randint(0, 50, (rows, 1))  # the decode step's shape: one token a row
     with torch.no_grad():
         before = model(x)[0]
         after = prepare_for_generation(model)(x)[0]
-    assert any(type(m).__name__ == "TransposedLinear" for m in model.modules())
+    layers = [m for m in model.modules() if type(m).__name__ == "TransposedLinear"]
+    large = [m.weight_t.numel() >= PACKED_ONE_ROW_FROM for m in layers]
+    assert layers and (any(large) if n_embd == 256 else not any(large))
     torch.testing.assert_close(after, before, atol=1e-5, rtol=1e-5)

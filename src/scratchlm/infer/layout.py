@@ -23,6 +23,10 @@ import torch.nn as nn
 from scratchlm import runs
 
 BATCHED_FROM = 3  # rows from which the packed oneDNN weight is faster than W^T (measured)
+# From this many weights (1 MiB of float32) the packed weight is faster for one row too: a
+# GPT-2 124M decode step 22 ms against 32 ms; below it (the demo's 192-wide layers) oneDNN's
+# call costs more than it saves (docs/LOG.md).
+PACKED_ONE_ROW_FROM = 1 << 18
 
 
 def _pack(weight: torch.Tensor) -> torch.Tensor | None:
@@ -38,8 +42,9 @@ class TransposedLinear(nn.Module):
 
     A batch of rows (the serving engine's decode step: 8 or 32 rows) is a different product:
     there, MKL repacks W^T on every call, and a weight packed once in oneDNN's layout is 2-7x
-    faster (docs/LOG.md). So the layer keeps both: W^T for one or two rows, the packed copy for
-    more (it costs a second copy of the weights in memory)."""
+    faster (docs/LOG.md). So the layer keeps both: W^T for one or two rows of a small layer,
+    the packed copy for more, and for any number of rows of a large layer (it costs a second
+    copy of the weights in memory)."""
 
     def __init__(self, linear: nn.Linear):
         super().__init__()
@@ -47,10 +52,11 @@ class TransposedLinear(nn.Module):
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach(), False)
         self.out_features = linear.out_features
         self.packed = _pack(linear.weight.detach().float()) if linear.weight.dtype == torch.float32 else None  # fmt: skip
+        self.packed_from = 1 if linear.weight.numel() >= PACKED_ONE_ROW_FROM else BATCHED_FROM
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, x.size(-1))
-        if self.packed is not None and flat.size(0) >= BATCHED_FROM:
+        if self.packed is not None and flat.size(0) >= self.packed_from:
             y = torch.ops.mkldnn._linear_pointwise(flat, self.packed, self.bias, "none", [], "")
         elif self.bias is None:
             y = flat @ self.weight_t
