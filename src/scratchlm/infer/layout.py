@@ -23,10 +23,10 @@ import torch.nn as nn
 from scratchlm import runs
 
 BATCHED_FROM = 3  # rows from which the packed oneDNN weight is faster than W^T (measured)
-# From this many weights (1 MiB of float32) the packed weight is faster for one row too: a
-# GPT-2 124M decode step 22 ms against 32 ms; below it (the demo's 192-wide layers) oneDNN's
-# call costs more than it saves (docs/LOG.md).
-PACKED_ONE_ROW_FROM = 1 << 18
+# From this many weights (2 MiB of float32) the packed weight is faster for one row too: a
+# GPT-2 124M decode step 17.5 ms against 24.9 ms; below it (the demo's layers, its 2048 x 192
+# head too) oneDNN's call costs more than it saves (`python bench/decode_layout.py`).
+PACKED_ONE_ROW_FROM = 1 << 19
 
 
 def _pack(weight: torch.Tensor) -> torch.Tensor | None:
