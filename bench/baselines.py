@@ -76,3 +76,12 @@ def shared_data(bench: str, *needed: str) -> Path:
         print(json.dumps({"bench": bench, "skipped": why}))
         sys.exit(0)
     return SHARED_DATA
+
+
+def report(result: dict, out: str | None = None) -> None:
+    """Print a benchmark's result as JSON, and write it to `out` too when given."""
+    text = json.dumps(result, indent=2)
+    print(text)
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(text + "\n")

@@ -20,14 +20,13 @@ over the measured matmul peak in the same dtype. Prints JSON (and writes it to -
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import tempfile
 import time
-from pathlib import Path
 
 import torch
+from baselines import report
 
 from scratchlm.config import ModelConfig, build
 from scratchlm.device import DTYPES, resolve_device
@@ -189,11 +188,7 @@ def main() -> None:
     }
     for key in args.shapes.split(","):
         result[key] = bench_shape(key, args, device, dtype, peaks)
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
+    report(result, args.out)
 
 
 if __name__ == "__main__":

@@ -19,13 +19,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import time
-from pathlib import Path
 
 import torch
-from baselines import NanoGPT
+from baselines import NanoGPT, report
 
 from scratchlm.config import ModelConfig, PretrainSettings
 from scratchlm.device import DTYPES, resolve_device, to_device
@@ -179,11 +177,7 @@ def main() -> None:
         result["datasheet_bf16_peak_tflops"] = sheet and round(sheet / 1e12)
     for key in args.shapes.split(","):
         result[key] = bench_shape(key, args, device, dtype, peak)
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
+    report(result, args.out)
 
 
 if __name__ == "__main__":

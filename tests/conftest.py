@@ -51,6 +51,18 @@ def write_recipe(tmp_path: Path):
     return write
 
 
+@pytest.fixture(scope="module")
+def tokens(tmp_path_factory):
+    """Curated text, a tokenizer and token shards of the tiny recipe, made once per module (its
+    tests train runs into this workspace)."""
+    from scratchlm.pipeline import Workspace, run_stage
+
+    ws = Workspace(tmp_path_factory.mktemp("work"), "tiny")
+    for stage in ("curate", "tokenizer", "tokenize"):
+        run_stage(stage, tiny_recipe(), ws, progress=False)
+    return ws
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> Path:
     """One tiny trained run folder shared by the generation and serving tests. Its context of

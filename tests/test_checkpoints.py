@@ -21,16 +21,8 @@ from safetensors.torch import load_file
 from scratchlm import runs
 from scratchlm.config import Recipe
 from scratchlm.errors import StageError
-from scratchlm.pipeline import Workspace, run_stage
+from scratchlm.pipeline import Workspace
 from scratchlm.train.loop import Trainer
-
-
-@pytest.fixture(scope="module")
-def tokens(tmp_path_factory) -> Workspace:
-    ws = Workspace(tmp_path_factory.mktemp("work"), "tiny")
-    for stage in ("curate", "tokenizer", "tokenize"):
-        run_stage(stage, tiny_recipe(), ws, progress=False)
-    return ws
 
 
 def recipe_for(**pretrain) -> Recipe:

@@ -70,14 +70,6 @@ def env() -> dict[str, str]:
     return os.environ | {"PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
 
 
-@pytest.fixture(scope="module")
-def tokens(tmp_path_factory) -> Workspace:
-    ws = Workspace(tmp_path_factory.mktemp("cuda-work"), "tiny")
-    for stage in ("curate", "tokenizer", "tokenize"):
-        run_stage(stage, tiny_recipe(), ws, progress=False)
-    return ws
-
-
 def on_cuda(**pretrain) -> Recipe:
     base = {
         "device": "cuda",

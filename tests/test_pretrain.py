@@ -17,18 +17,9 @@ from conftest import tiny_recipe
 from scratchlm import runs
 from scratchlm.config import Recipe
 from scratchlm.errors import StageError
-from scratchlm.pipeline import Workspace, run_stage
+from scratchlm.pipeline import Workspace
 from scratchlm.train.data import TokenData
 from scratchlm.train.loop import Trainer, TrainingInterrupted
-
-
-@pytest.fixture(scope="module")
-def tokens(tmp_path_factory) -> Workspace:
-    """Curated text, a tokenizer and token shards, made once for this module."""
-    ws = Workspace(tmp_path_factory.mktemp("work"), "tiny")
-    for stage in ("curate", "tokenizer", "tokenize"):
-        run_stage(stage, tiny_recipe(), ws, progress=False)
-    return ws
 
 
 def recipe_for(**pretrain) -> Recipe:

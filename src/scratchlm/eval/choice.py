@@ -8,17 +8,10 @@ log-likelihood of `delimiter + choice` after the context, the way EleutherAI's l
     acc_norm   argmax of log-likelihood / len(choice) in characters (longer answers are not
                penalised for having more tokens to get right)
 
-Loaders turn the public files of the standard benchmarks into items with lm-eval's prompts:
-
-    hellaswag  {"ctx_a", "ctx_b", "activity_label", "endings", "label"}
-    arc        {"question": {"stem", "choices": [{"text", "label"}]}, "answerKey"} (AI2's files)
-               or {"question", "choices": {"text", "label"}, "answerKey"} (the HF copy)
-    piqa       {"goal", "sol1", "sol2", "label"} (or labels in a sibling <name>-labels.lst)
-    mmlu       {"question", "choices", "answer"} JSONL, or the original CSV rows
-    mc         {"context", "choices", "answer"}: any task of your own
-
-The files are read by data/benchmarks.py, which curation's decontamination shares: each Item
-also keeps its own words (question and answer), for the check against the training data.
+Loaders turn the public files of the standard benchmarks (hellaswag, arc, piqa, mmlu, and mc
+for a task of your own) into items with lm-eval's prompts. The files and their formats are
+data/benchmarks.py's, which curation's decontamination shares: each Item also keeps its own
+words (question and answer), for the check against the training data.
 """
 
 from __future__ import annotations
