@@ -103,8 +103,10 @@ class AnswerScores:
         return sum(self.correct) / max(len(self.correct), 1)
 
     def summary(self) -> dict[str, Any]:
+        """pass@1 with its 95% interval, and the first reply as an example."""
         k, n = sum(self.correct), len(self.correct)
-        return {"items": n, "acc": k / max(n, 1), "acc_ci": list(wilson(k, n))}
+        example = self.replies[0] if self.replies else ""
+        return {"items": n, "acc": k / max(n, 1), "acc_ci": list(wilson(k, n)), "example": example}
 
 
 def prompt_ids(

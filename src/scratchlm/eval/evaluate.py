@@ -181,7 +181,7 @@ def answer_result(
     for mode, tools in modes.items():
         system = (TOOLS_ON if tools else TOOLS_OFF) if template else ""
         scores = score_answers(model, tok, template, tasks, system=system, tools=tools)
-        out[mode] = scores.summary() | {"example": scores.replies[0] if scores.replies else ""}
+        out[mode] = scores.summary()
     return out
 
 

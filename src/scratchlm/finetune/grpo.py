@@ -198,7 +198,7 @@ def run(
         batch = rollouts.last
         stats = {
             "reward": sum(x.reward for x in batch) / len(batch),
-            "reply_tokens": sum(len(x.ids) - x.prompt_len for x in batch) / len(batch),
+            "reply_tokens": sum(max(0, len(x.ids) - x.prompt_len) for x in batch) / len(batch),
         }
         if not samples:  # every group scored alike: nothing to learn from this batch
             zero = sum(p.sum() * 0.0 for p in model.parameters() if p.requires_grad)
@@ -216,7 +216,7 @@ def run(
             model, tok, template, heldout, system=s.system, tools=s.tools,
             pattern=s.answer_pattern, max_new_tokens=s.max_new_tokens,
         )  # fmt: skip
-        return scores.summary() | {"example": scores.replies[0] if scores.replies else ""}
+        return scores.summary()
 
     steps = s.max_steps or max(1, round(s.epochs * len(train) / s.batch_size))
     evals = fit(model, steps, rollouts, loss_of, evaluate, s, out / runs.METRICS, progress)
