@@ -6,8 +6,10 @@ A step of the engine is a flat list of new tokens, `pieces` of (slot, count) lai
 first the rows that decode one token, then the chunks of prompts being read. The model runs
 its linear layers over that flat list (no padding at all) and hands attention to `attend`:
 
-- the one-token rows attend together, in one call over their slots' keys with each slot's own
-  length masked in (rows are kept in slots 0..n-1, so the keys are a view, never a copy);
+- the one-token rows attend together: float32 on the CPU in one call of a C kernel that reads
+  each slot up to its own length (infer/native.py), elsewhere in one SDPA call over their
+  slots' keys with each slot's own length masked in (rows are kept in slots 0..n-1, so the
+  keys are a view, never a copy);
 - each prompt chunk attends alone over its own slot, causally.
 
 No row ever re-reads another's tokens or waits for another's padding. The slots' length grows
@@ -19,6 +21,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from scratchlm.infer import native
 from scratchlm.model.config import ModelConfig
 
 
@@ -37,6 +40,8 @@ class SlotCache:
         self.v = self._empty(self.capacity)
         self.lengths = [0] * slots
         self._plan: _Plan | None = None
+        # float32 on the CPU: the one-token rows attend in a C kernel (infer/native.py)
+        self.kernel = self.k.device.type == "cpu" and dtype == torch.float32 and native.available()
 
     def _empty(self, capacity: int) -> torch.Tensor:
         c = self.cfg
@@ -92,7 +97,13 @@ class SlotCache:
         vc.view(flat).index_copy_(0, plan.where, v[0].transpose(0, 1))
         gqa = k.size(1) != q.size(1)
         parts = []
-        if plan.decode:
+        decoded = None
+        if plan.decode and self.kernel:
+            qd = q[0, :, : len(plan.decode)].transpose(0, 1)  # (rows, heads, d)
+            decoded = native.decode_attention(qd, kc, vc, plan.decode_rows)
+            if decoded is not None:
+                parts.append(decoded.transpose(0, 1))  # (heads, rows, d)
+        if plan.decode and decoded is None:
             n, S = plan.decode_slots, plan.decode_len
             keys, values = kc[:n, :S].transpose(1, 2), vc[:n, :S].transpose(1, 2)
             qd = q[0, :, : len(plan.decode)].transpose(0, 1).unsqueeze(2)  # (rows, heads, 1, d)
@@ -165,3 +176,5 @@ class _Plan:
             )[:, None, None]  # (slots, 1, 1, keys)
             if self.decode != list(range(self.decode_slots)):
                 self.decode_scatter = torch.tensor(self.decode, device=device)
+            # for the C kernel: each one-token row's slot and how many positions it sees
+            self.decode_rows = native.DecodeRows(self.decode, [lengths[s] + 1 for s in self.decode])  # fmt: skip
