@@ -79,7 +79,11 @@ def _build() -> ctypes.CDLL | None:
             log.warning("building %s failed (%s); decode attention uses PyTorch's SDPA\n%s",
                         SOURCE.name, e, stderr.decode(errors="replace")[-2000:])  # fmt: skip
             return None
-    lib = ctypes.CDLL(str(library))
+    try:
+        lib = ctypes.CDLL(str(library))
+    except OSError as e:  # e.g. a cache folder mounted noexec
+        log.warning("loading %s failed (%s); decode attention uses PyTorch's SDPA", library, e)
+        return None
     p, i64 = ctypes.c_void_p, ctypes.c_int64
     lib.decode_attention.argtypes = [
         p,
