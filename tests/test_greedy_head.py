@@ -19,7 +19,7 @@ from scratchlm.infer.sampling import Sampling
 from scratchlm.model.quantize import quantize_int8
 
 pytestmark = pytest.mark.skipif(
-    not greedy._bf16_gemm_supported(), reason="oneDNN's bf16 GEMM is not available here"
+    not greedy.bf16_gemm_supported(), reason="oneDNN's bf16 GEMM is not available here"
 )
 
 

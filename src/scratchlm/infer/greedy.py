@@ -52,7 +52,7 @@ TINY = 1e-30  # products below float32's normal range may be flushed to zero: C 
 SAFE = 1 + 2.0**-10  # covers the float32 rounding of the bound's own arithmetic (~C 2^-24)
 
 
-def _bf16_gemm_supported() -> bool:
+def bf16_gemm_supported() -> bool:
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
@@ -168,7 +168,7 @@ def maybe_screened_head(model: nn.Module, min_weights: int | None = None) -> Scr
     w_t = head.weight_t
     if w_t.device.type != "cpu" or w_t.dtype != torch.float32:
         return None
-    if torch.is_autocast_enabled("cpu") or not _bf16_gemm_supported():
+    if torch.is_autocast_enabled("cpu") or not bf16_gemm_supported():
         return None
     if w_t.numel() < (SCREEN_FROM if min_weights is None else min_weights):
         return None
