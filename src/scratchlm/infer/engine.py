@@ -12,7 +12,9 @@ Every `step()`:
    then chunks of the prompts still being read, oldest first (a long prompt takes several
    steps, so it never stalls the rows that are decoding);
 4. one forward pass over those tokens, laid flat (infer/kv.py: no padding, each row attends
-   to its own tokens only); the rows whose context is fully read pick their next token.
+   to its own tokens only); the rows whose context is fully read pick their next token
+   (a plain greedy row's argmax comes from infer/greedy.py's bf16-screened head, where the
+   head is large enough for that to pay; `screen_greedy=False` turns it off).
 
 A row whose context reaches block_size goes on as `generate` always has: each further token is
 read from the last block_size tokens, which is a prompt of that length to read again, so it
@@ -29,6 +31,7 @@ from collections import deque
 
 import torch
 
+from scratchlm.infer.greedy import maybe_screened_head
 from scratchlm.infer.kv import SlotCache
 from scratchlm.infer.row import Row, TokenLogprob
 from scratchlm.infer.tools import ToolUse
@@ -46,6 +49,7 @@ class Engine:
         max_batch: int = 8,
         token_budget: int = 512,
         vocab_size: int | None = None,
+        screen_greedy: bool = True,
     ):
         if max_batch < 1 or token_budget < 1:
             raise ValueError("max_batch and token_budget must be at least 1")
@@ -62,6 +66,9 @@ class Engine:
             dtype = torch.get_autocast_dtype(param.device.type)
         self.cache = SlotCache(model.cfg, max_batch, param.device, dtype)
         self.tools = ToolUse.of(tokenizer)  # None when the tokenizer has no tool tokens
+        # Plain greedy rows need only the argmax: a large CPU head screens it in bf16 and
+        # settles it in float32 (infer/greedy.py); None where that does not pay or cannot run.
+        self.screen = maybe_screened_head(model) if screen_greedy else None
         self.waiting: deque[Row] = deque()
         self.running: list[Row] = []  # running[i] lives in cache slot i
         self._done: Events = []  # rows finished outside a step, reported by the next one
@@ -146,7 +153,7 @@ class Engine:
 
     def _forward(self, pieces: list[tuple[int, int]], events: Events) -> None:
         try:
-            logits_of = self._run(pieces)
+            tokens, logits_of = self._run(pieces)
         except Exception as e:  # retry row by row: only a row that fails alone is lost
             if len(pieces) == 1:
                 self.running[pieces[0][0]].fail(f"{type(e).__name__}: {e}")
@@ -155,12 +162,15 @@ class Engine:
             for piece in pieces:
                 self._forward([piece], events)
             return
-        self._pick(logits_of, events)
+        self._pick(tokens, logits_of, events)
 
-    def _run(self, pieces: list[tuple[int, int]]) -> dict[int, tuple[torch.Tensor, int]]:
-        """One forward pass; for each slot that needs them, its logits (rows, V) on the CPU
-        and the context index of the first of those rows."""
-        ids, select, owners = [], [], []
+    def _run(
+        self, pieces: list[tuple[int, int]]
+    ) -> tuple[dict[int, int], dict[int, tuple[torch.Tensor, int]]]:
+        """One forward pass: the next token of each plain greedy slot the screened head
+        picks; for each other slot that needs them, its logits (rows, V) on the CPU and the
+        context index of the first of those rows."""
+        ids, select, owners, greedy, picks = [], [], [], [], []
         for slot, n in pieces:
             row = self.running[slot]
             start = row.window + row.cached
@@ -170,6 +180,10 @@ class Engine:
                 select.extend(range(first, len(ids)))  # every prompt position is scored
                 owners.append((slot, n, start))
             elif n == row.pending and row.wants_token:
+                if self.screen is not None and self._plain_greedy(row):
+                    picks.append(len(ids) - 1)
+                    greedy.append(slot)
+                    continue
                 select.append(len(ids) - 1)
                 owners.append((slot, 1, start + n - 1))
         self.cache.plan(pieces)
@@ -180,28 +194,37 @@ class Engine:
             raise
         for slot, n in pieces:
             self.running[slot].cached += n
-        if not select:
-            return {}
-        logits = self.model.head(h[0, torch.tensor(select, device=self.device)])
-        logits = logits[:, : self.vocab_size].float().cpu()  # one copy to the host per step
-        out, at = {}, 0
-        for slot, n, first in owners:
-            out[slot] = (logits[at : at + n], first)
-            at += n
-        return out
+        tokens, out = {}, {}
+        if greedy:
+            best = self.screen.argmax(h[0, torch.tensor(picks)], self.vocab_size)
+            tokens = dict(zip(greedy, best, strict=True))
+        if select:
+            logits = self.model.head(h[0, torch.tensor(select, device=self.device)])
+            logits = logits[:, : self.vocab_size].float().cpu()  # one copy to the host per step
+            at = 0
+            for slot, n, first in owners:
+                out[slot] = (logits[at : at + n], first)
+                at += n
+        return tokens, out
 
-    def _pick(self, logits_of: dict[int, tuple[torch.Tensor, int]], events: Events) -> None:
+    def _pick(
+        self,
+        tokens: dict[int, int],
+        logits_of: dict[int, tuple[torch.Tensor, int]],
+        events: Events,
+    ) -> None:
         greedy = [
             s
             for s, (lg, _) in logits_of.items()
             if lg.size(0) == 1 and self._plain_greedy(self.running[s])
         ]
-        if greedy:  # one argmax for every plain greedy row
+        if greedy:  # one argmax for every plain greedy row the screen did not pick
             best = torch.cat([logits_of[s][0] for s in greedy]).argmax(-1).tolist()
-            for s, token in zip(greedy, best, strict=True):
-                events.append((self.running[s], self._accept(s, token, None)))
+            tokens = tokens | dict(zip(greedy, best, strict=True))
+        for s, token in tokens.items():
+            events.append((self.running[s], self._accept(s, token, None)))
         for slot, (logits, first) in logits_of.items():
-            if slot in greedy:
+            if slot in tokens:
                 continue
             row = self.running[slot]
             try:
