@@ -146,6 +146,19 @@ def test_a_row_with_too_many_candidates_takes_the_full_head():
     assert screen.full == 2 and screen.screened == 6  # row 0 each time; the other three screened
 
 
+def test_a_screen_that_mostly_falls_back_stops_being_asked():
+    g = torch.Generator().manual_seed(4)
+    w = torch.randn(1024, 32, generator=g) * 0.05
+    w[:600] = w[0]  # 600 equal rows: every row below has more than 256 candidates
+    screen = ScreenedHead(head_of(w))
+    crowd = w[0].expand(8, 32) * 100
+    for _ in range(7):
+        assert screen.argmax(crowd, 1024) == [0] * 8
+        assert screen.pays  # fewer than 64 rows seen: too early to judge
+    screen.argmax(crowd, 1024)
+    assert screen.full == 64 and not screen.pays
+
+
 def test_a_row_that_is_not_finite_takes_the_full_head():
     screen = ScreenedHead(head_of(torch.randn(512, 32)))
     h = torch.randn(2, 32)

@@ -180,7 +180,7 @@ class Engine:
                 select.extend(range(first, len(ids)))  # every prompt position is scored
                 owners.append((slot, n, start))
             elif n == row.pending and row.wants_token:
-                if self.screen is not None and self._plain_greedy(row):
+                if self.screen is not None and self.screen.pays and self._plain_greedy(row):
                     picks.append(len(ids) - 1)
                     greedy.append(slot)
                     continue

@@ -132,6 +132,14 @@ class ScreenedHead:
         keep = sc + bound >= floor[r]
         return r[keep], c[keep]
 
+    @property
+    def pays(self) -> bool:
+        """False once more than a quarter of the rows screened (64 at least) took the full
+        head: those cost the bf16 pass and the float32 head both, so the engine stops asking.
+        (Trained GPT-2 has outlier features that widen the bound; untested here: no weights.)"""
+        rows = self.screened + self.full
+        return rows < 64 or 4 * self.full <= rows
+
     @torch.no_grad()
     def argmax(self, h: torch.Tensor, vocab_size: int) -> list[int]:
         """The index of the largest logit below `vocab_size` for each row of h (n, C)."""
