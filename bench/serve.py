@@ -201,22 +201,20 @@ def bench_shape(shape: str, args: argparse.Namespace, sides: list[str]) -> dict:
                     loads.append(load())
                     runs[side][c].append(asyncio.run(level(url, prompts, budgets, c)))
                     print(f"{shape} round {r} {side} c={c}: "
-                          f"{runs[side][c][-1]['req_s']:.1f} req/s, TTFT p50 "
+                          f"{runs[side][c][-1]['req_s']:.2f} req/s, TTFT p50 "
                           f"{runs[side][c][-1]['ttft_p50_ms']:.0f} ms (load {loads[-1]:.1f})",
                           file=sys.stderr, flush=True)  # fmt: skip
     out: dict = {"prompts": len(prompts), "max_tokens": args.max_tokens, "block_size": block,
                  "load_avg_min_max": [round(min(loads), 2), round(max(loads), 2)]}  # fmt: skip
     keys = ("req_s", "out_tok_s", "ttft_p50_ms", "ttft_p95_ms", "latency_p50_ms", "latency_p95_ms")
-    for side in sides:
-        out[side] = {
-            f"c={c}": {k: round(statistics.median(x[k] for x in runs[side][c]), 1) for k in keys}
-            for c in levels
-        }
+    medians = {s: {c: {k: statistics.median(x[k] for x in runs[s][c]) for k in keys} for c in levels} for s in sides}  # fmt: skip
+    for side in sides:  # req/s to 2 places: at 124M it is 0.3-4, where 1 place hides 15%
+        out[side] = {f"c={c}": {k: round(v, 2 if k == "req_s" else 1) for k, v in medians[side][c].items()} for c in levels}  # fmt: skip
     if len(sides) == 2:
         a, b = (runs[s][levels[0]][0]["texts"] for s in sides)
         out["same_greedy_text"] = f"{sum(x == y for x, y in zip(a, b, strict=True))}/{len(a)}"
-        out["req_s_ratio"] = {
-            f"c={c}": round(out["scratchlm"][f"c={c}"]["req_s"] / out["vllm"][f"c={c}"]["req_s"], 2)
+        out["req_s_ratio"] = {  # from the medians, not their rounded copies
+            f"c={c}": round(medians["scratchlm"][c]["req_s"] / medians["vllm"][c]["req_s"], 2)
             for c in levels
         }
     return out

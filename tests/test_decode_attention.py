@@ -75,6 +75,8 @@ def test_the_kernel_refuses_what_it_cannot_read():
         native.decode_attention(q, k, v, rows([0], [9]))
     with pytest.raises(ValueError, match="lengths >= 1"):
         rows([0], [0])
+    with pytest.raises(ValueError, match="does not fit"):  # 3 query heads over 2 key heads
+        native.decode_attention(torch.zeros(1, 3, 4), torch.zeros(2, 8, 2, 4), torch.zeros(2, 8, 2, 4), rows([0], [1]))  # fmt: skip
     # not float32: the caller's SDPA path runs instead
     assert native.decode_attention(q.double(), k.double(), v.double(), rows([0], [1])) is None
 

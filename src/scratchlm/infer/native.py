@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 
 _lib: ctypes.CDLL | None = None
 _tried = False
-_pool: ThreadPoolExecutor | None = None
+_pool: tuple[int, ThreadPoolExecutor] | None = None  # (threads, the pool)
 
 
 def cache_dir() -> Path:
@@ -85,22 +85,7 @@ def _build() -> ctypes.CDLL | None:
         log.warning("loading %s failed (%s); decode attention uses PyTorch's SDPA", library, e)
         return None
     p, i64 = ctypes.c_void_p, ctypes.c_int64
-    lib.decode_attention.argtypes = [
-        p,
-        i64,
-        i64,
-        p,
-        p,
-        p,
-        p,
-        p,
-        i64,
-        i64,
-        i64,
-        i64,
-        i64,
-        ctypes.c_float,
-    ]
+    lib.decode_attention.argtypes = [p, i64, i64, p, p, p, p, p, i64, i64, i64, i64, i64, ctypes.c_float]  # fmt: skip
     lib.decode_attention.restype = ctypes.c_int
     return lib
 
@@ -139,6 +124,8 @@ def decode_attention(
         return None
     if q.size(0) != rows.count or rows.top_slot >= k.size(0) or rows.longest > k.size(1):
         raise ValueError("decode_attention: a row's slot or length is outside the cache")
+    if q.size(1) % k.size(2) or q.size(2) != k.size(3) or k.shape != v.shape:
+        raise ValueError(f"decode_attention: q {tuple(q.shape)} does not fit k, v {tuple(k.shape)}")
     if q.stride(-1) != 1:
         q = q.contiguous()
     k, v = k.contiguous(), v.contiguous()  # the cache's layers already are: no copy
@@ -158,8 +145,8 @@ def decode_attention(
         failed = run(0, n) != 0
     else:  # ctypes drops the GIL: the rows' shares run at once
         global _pool
-        if _pool is None or _pool._max_workers < threads:
-            _pool = ThreadPoolExecutor(threads, thread_name_prefix="scratchlm-attention")
+        if _pool is None or _pool[0] < threads:
+            _pool = (threads, ThreadPoolExecutor(threads, thread_name_prefix="scratchlm-attention"))
         cuts = [n * i // threads for i in range(threads + 1)]
-        failed = any(list(_pool.map(run, cuts[:-1], cuts[1:])))
+        failed = any(list(_pool[1].map(run, cuts[:-1], cuts[1:])))
     return None if failed else out
