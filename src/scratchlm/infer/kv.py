@@ -18,6 +18,8 @@ by doubling up to block_size, so a cache for 32 rows of a 1024-token model start
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -97,24 +99,8 @@ class SlotCache:
         vc.view(flat).index_copy_(0, plan.where, v[0].transpose(0, 1))
         gqa = k.size(1) != q.size(1)
         parts = []
-        decoded = None
-        if plan.decode and self.kernel:
-            qd = q[0, :, : len(plan.decode)].transpose(0, 1)  # (rows, heads, d)
-            decoded = native.decode_attention(qd, kc, vc, plan.decode_rows)
-            if decoded is not None:
-                parts.append(decoded.transpose(0, 1))  # (heads, rows, d)
-        if plan.decode and decoded is None:
-            n, S = plan.decode_slots, plan.decode_len
-            keys, values = kc[:n, :S].transpose(1, 2), vc[:n, :S].transpose(1, 2)
-            qd = q[0, :, : len(plan.decode)].transpose(0, 1).unsqueeze(2)  # (rows, heads, 1, d)
-            if plan.decode_scatter is not None:  # some slots are reading a prompt this step
-                qd = q.new_zeros(n, *qd.shape[1:]).index_copy_(0, plan.decode_scatter, qd)
-            y = F.scaled_dot_product_attention(
-                qd, keys, values, attn_mask=plan.decode_mask, enable_gqa=gqa
-            )
-            if plan.decode_scatter is not None:
-                y = y.index_select(0, plan.decode_scatter)
-            parts.append(y.squeeze(2).transpose(0, 1))  # (heads, rows, d)
+        if plan.decode:
+            parts.append(self._attend_decode(plan, q[0, :, : len(plan.decode)], kc, vc, gqa))
         for offset, slot, start, n in plan.chunks:
             keys = kc[slot, : start + n].transpose(0, 1)[None]
             values = vc[slot, : start + n].transpose(0, 1)[None]
@@ -128,6 +114,24 @@ class SlotCache:
                 y = F.scaled_dot_product_attention(qc, keys, values, attn_mask=mask, enable_gqa=gqa)
             parts.append(y[0])
         return (parts[0] if len(parts) == 1 else torch.cat(parts, dim=1))[None]
+
+    def _attend_decode(
+        self, plan: _Plan, q: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor, gqa: bool
+    ) -> torch.Tensor:
+        """The one-token rows together: q (heads, rows, d) -> (heads, rows, d)."""
+        if self.kernel:
+            out = native.decode_attention(q.transpose(0, 1), kc, vc, plan.decode_rows)
+            if out is not None:
+                return out.transpose(0, 1)
+        n, S, mask, scatter = plan.sdpa_decode
+        keys, values = kc[:n, :S].transpose(1, 2), vc[:n, :S].transpose(1, 2)
+        qd = q.transpose(0, 1).unsqueeze(2)  # (rows, heads, 1, d)
+        if scatter is not None:  # some slots are reading a prompt this step
+            qd = q.new_zeros(n, *qd.shape[1:]).index_copy_(0, scatter, qd)
+        y = F.scaled_dot_product_attention(qd, keys, values, attn_mask=mask, enable_gqa=gqa)
+        if scatter is not None:
+            y = y.index_select(0, scatter)
+        return y.squeeze(2).transpose(0, 1)
 
     def end(self, steps: int) -> None:
         for slot, n in self._plan.pieces:
@@ -165,16 +169,25 @@ class _Plan:
         for slot, n in pieces[len(self.decode) :]:
             self.chunks.append((offset, slot, lengths[slot], n))
             offset += n
-        self.decode_mask = self.decode_scatter = None
-        if self.decode:
-            self.decode_slots = max(self.decode) + 1
-            new_len = [lengths[s] + 1 if s in set(self.decode) else 1 for s in range(self.decode_slots)]  # fmt: skip
-            self.decode_len = max(new_len)
-            self.decode_mask = (
-                torch.arange(self.decode_len, device=device)[None]
-                < torch.tensor(new_len, device=device)[:, None]
-            )[:, None, None]  # (slots, 1, 1, keys)
-            if self.decode != list(range(self.decode_slots)):
-                self.decode_scatter = torch.tensor(self.decode, device=device)
-            # for the C kernel: each one-token row's slot and how many positions it sees
-            self.decode_rows = native.DecodeRows(self.decode, [lengths[s] + 1 for s in self.decode])  # fmt: skip
+        self.device = device
+        self.sees = [lengths[s] + 1 for s in self.decode]  # each one-token row's positions
+
+    @functools.cached_property
+    def decode_rows(self) -> native.DecodeRows:
+        """The one-token rows for the C kernel: each one's slot and how many positions it sees."""
+        return native.DecodeRows(self.decode, self.sees)
+
+    @functools.cached_property
+    def sdpa_decode(self) -> tuple[int, int, torch.Tensor, torch.Tensor | None]:
+        """The one-token rows for one SDPA call over slots 0..n-1: n, the keys' length, each
+        slot's own length as a mask, and where the rows sit among the slots (None: in order)."""
+        n = max(self.decode) + 1
+        sees = [1] * n  # a slot reading a prompt this step is attended and thrown away
+        for slot, m in zip(self.decode, self.sees, strict=True):
+            sees[slot] = m
+        keys = max(sees)
+        mask = torch.arange(keys, device=self.device)[None] < torch.tensor(sees, device=self.device)[:, None]  # fmt: skip
+        scatter = None
+        if self.decode != list(range(n)):
+            scatter = torch.tensor(self.decode, device=self.device)
+        return n, keys, mask[:, None, None], scatter  # mask (slots, 1, 1, keys)
