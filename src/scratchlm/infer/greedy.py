@@ -34,7 +34,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from scratchlm.infer.layout import TransposedLinear
+from scratchlm.infer.layout import TransposedLinear, pack_for_onednn
 
 # From this many weights (32 MiB of float32, this machine's L3 cache) the screen is faster at
 # one row, cache flushed between calls: 768 x 8192 float32 1.35 ms, screened 1.54 ms;
@@ -45,7 +45,6 @@ SCREEN_FROM = 1 << 23
 # (columns of an untied head's weight_t: 0.35, 1.1 ms), against 7.3 ms more for the full head.
 MAX_CANDIDATES = 256
 BLOCK = 64  # the first cut looks at blocks of this many scores
-BATCH_HINT = 32  # oneDNN's packing hint: 1, 8 and 32 ran alike (within ~7%) at 1, 8, 32 rows
 
 U = 2.0**-8
 TINY = 1e-30  # products below float32's normal range may be flushed to zero: C * 2^-126 < this
@@ -85,7 +84,10 @@ class ScreenedHead:
             wb[at : at + w.size(0)] = w
             self.norm[at : at + w.size(0)] = torch.linalg.vector_norm(w, dim=1)
             self.err[at : at + w.size(0)] = torch.linalg.vector_norm(wb[at : at + w.size(0)].float() - w, dim=1)  # fmt: skip
-        self.packed = torch.ops.mkldnn._reorder_linear_weight(wb, BATCH_HINT)
+        # packed as the float32 layers are (oneDNN's hint 32; 1, 8 and 32 ran within ~7%)
+        self.packed = pack_for_onednn(wb)
+        if self.packed is None:
+            raise RuntimeError("oneDNN cannot pack a bf16 weight here (see bf16_gemm_supported)")
         self.vocab, self.norm_max, self.err_max = V, self.norm.max(), self.err.max()
         g = C * 2.0**-24 / (1 - C * 2.0**-24)
         self.sums = 2 * g * (1 + U) ** 2

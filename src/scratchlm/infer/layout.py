@@ -29,7 +29,7 @@ BATCHED_FROM = 3  # rows from which the packed oneDNN weight is faster than W^T 
 PACKED_ONE_ROW_FROM = 1 << 19
 
 
-def _pack(weight: torch.Tensor) -> torch.Tensor | None:
+def pack_for_onednn(weight: torch.Tensor) -> torch.Tensor | None:
     """The weight in oneDNN's blocked layout, or None where oneDNN is not built in."""
     try:
         return torch.ops.mkldnn._reorder_linear_weight(weight, 32)
@@ -51,7 +51,7 @@ class TransposedLinear(nn.Module):
         self.weight_t = nn.Parameter(linear.weight.detach().t().contiguous(), requires_grad=False)
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach(), False)
         self.out_features = linear.out_features
-        self.packed = _pack(linear.weight.detach().float()) if linear.weight.dtype == torch.float32 else None  # fmt: skip
+        self.packed = pack_for_onednn(linear.weight.detach().float()) if linear.weight.dtype == torch.float32 else None  # fmt: skip
         self.packed_from = 1 if linear.weight.numel() >= PACKED_ONE_ROW_FROM else BATCHED_FROM
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
