@@ -1,16 +1,26 @@
-"""Baselines the benchmarks compare against, written the way their authors write them, and
-where the benchmarks find the team's shared data."""
+"""Baselines the benchmarks compare against, written the way their authors write them; where
+the benchmarks find the team's shared data; and what several of them share (GPT-2 124M's
+shape, timing the engine's decode steps, the JSON report)."""
 
 from __future__ import annotations
 
 import json
 import os
+import statistics
 import sys
+import time
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from scratchlm.infer.engine import Engine
+from scratchlm.infer.row import Row
+from scratchlm.model.config import MODEL_PRESETS
+
+# GPT-2 124M as the decode benchmarks build it (random weights, GPT-2's vocabulary unpadded)
+GPT2_124M = MODEL_PRESETS["gpt2-124m"] | {"vocab_size": 50257}
 
 
 class NanoGPTBlock(nn.Module):
@@ -85,3 +95,19 @@ def report(result: dict, out: str | None = None) -> None:
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(text + "\n")
+
+
+def decode_step_ms(engine: Engine, rows: list[Row], skip: int = 1) -> float:
+    """Median ms of the engine's steps once `rows` are added and the first `skip` steps (the
+    prompts; longer contexts) are done, until every row finishes (the last step, which only
+    lets rows go, left out)."""
+    for row in rows:
+        engine.add(row)
+    for _ in range(skip):
+        engine.step()
+    times = []
+    while engine.busy:
+        start = time.perf_counter()
+        engine.step()
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times[:-1] or times)

@@ -20,7 +20,7 @@ import statistics
 import time
 
 import torch
-from baselines import report
+from baselines import GPT2_124M, decode_step_ms, report
 
 from scratchlm.infer import native
 from scratchlm.infer.engine import Engine
@@ -28,10 +28,10 @@ from scratchlm.infer.kv import SlotCache
 from scratchlm.infer.layout import prepare_for_generation
 from scratchlm.infer.row import Row
 from scratchlm.infer.sampling import Sampling
-from scratchlm.model.config import MODEL_PRESETS, ModelConfig
+from scratchlm.model.config import ModelConfig
 from scratchlm.model.gpt import GPT
 
-CFG = ModelConfig(**MODEL_PRESETS["gpt2-124m"] | {"vocab_size": 50257})
+CFG = ModelConfig(**GPT2_124M)
 
 
 def attention_ms(cache: SlotCache, rows: int, kernel: bool, repeats: int = 5) -> float:
@@ -46,21 +46,15 @@ def attention_ms(cache: SlotCache, rows: int, kernel: bool, repeats: int = 5) ->
         for layer in range(CFG.n_layer):
             cache.attend(layer, q, k, k)
         times.append(time.perf_counter() - start)
-        cache._plan = None  # the step is not kept: lengths stay as they were
+        cache.abandon()  # the step is not kept: lengths stay as they were
     return statistics.median(times) * 1000
 
 
 def engine_ms(model: GPT, prompts: list[list[int]], kernel: bool, steps: int) -> float:
     engine = Engine(model, None, max_batch=len(prompts), token_budget=2048)
     engine.cache.kernel = kernel
-    for p in prompts:
-        engine.add(Row(p, steps + 64, Sampling(temperature=0)))
-    for _ in range(64):  # the prompts and the first tokens: contexts grow to ~100
-        engine.step()
-    start = time.perf_counter()
-    for _ in range(steps):
-        engine.step()
-    return (time.perf_counter() - start) * 1000 / steps
+    rows = [Row(p, steps + 64, Sampling(temperature=0)) for p in prompts]
+    return decode_step_ms(engine, rows, skip=64)  # the prompts and 63 tokens: contexts ~100
 
 
 def main() -> None:
@@ -69,7 +63,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--steps", type=int, default=16)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--json", help="also write the report here")
+    ap.add_argument("--out", help="also write the JSON here")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if not native.available():
@@ -98,7 +92,7 @@ def main() -> None:
                 times[name].append(engine_ms(model, prompts, name == "kernel", args.steps))
         result["engine_step_ms"][f"rows={rows}"] = _summary(times)
         print(f"engine rows={rows}", result["engine_step_ms"][f"rows={rows}"], flush=True)
-    report(result, args.json)
+    report(result, args.out)
 
 
 def _summary(times: dict[str, list[float]]) -> dict:

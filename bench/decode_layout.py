@@ -14,22 +14,22 @@ What the layer does by default (`PACKED_ONE_ROW_FROM`) is reported beside the tw
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import time
 
 import torch
+from baselines import GPT2_124M, report
 
 from scratchlm.infer.kv import SlotCache
 from scratchlm.infer.layout import BATCHED_FROM, TransposedLinear, prepare_for_generation
-from scratchlm.model.config import MODEL_PRESETS, ModelConfig
+from scratchlm.model.config import ModelConfig
 from scratchlm.model.gpt import GPT
 
 SHAPES = {
     "demo": dict(norm="rmsnorm", position="rope", mlp="swiglu", block_size=128, n_layer=4,
                  n_head=4, n_embd=192, vocab_size=2048),
-    "124m": MODEL_PRESETS["gpt2-124m"] | {"vocab_size": 50257},
+    "124m": GPT2_124M,
 }  # fmt: skip
 
 
@@ -71,7 +71,7 @@ def main() -> None:
         result[shape] = {k: round(statistics.median(v), 2) for k, v in times.items()}
         result[shape]["packed_for_one_row"] = f"{default.count(1)} of {len(layers)} layers"
         print(shape, result[shape], flush=True)
-    print(json.dumps(result, indent=2))
+    report(result)
 
 
 if __name__ == "__main__":

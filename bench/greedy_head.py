@@ -24,17 +24,16 @@ import statistics
 import time
 
 import torch
-from baselines import report
+from baselines import GPT2_124M, decode_step_ms, report
 
 from scratchlm.infer import greedy
 from scratchlm.infer.engine import Engine
 from scratchlm.infer.layout import TransposedLinear, prepare_for_generation
 from scratchlm.infer.row import Row
 from scratchlm.infer.sampling import Sampling
-from scratchlm.model.config import MODEL_PRESETS, ModelConfig
+from scratchlm.model.config import ModelConfig
 from scratchlm.model.gpt import GPT
 
-SHAPE_124M = MODEL_PRESETS["gpt2-124m"] | {"vocab_size": 50257}
 SIZES = [(192, 2048), (768, 4096), (768, 8192), (768, 16384), (768, 50257)]  # (C, V)
 
 
@@ -71,13 +70,7 @@ def decode(model: GPT, rows: int, tokens: int, screen: bool) -> tuple[float, lis
     """Median ms of a decode step of `rows` greedy rows, and their tokens."""
     engine = Engine(model, None, max_batch=rows, screen_greedy=screen)
     batch = [Row([(7 * i + j) % 50257 for j in range(16)], tokens, Sampling(temperature=0)) for i in range(rows)]  # fmt: skip
-    for row in batch:
-        engine.add(row)
-    engine.step()  # the prompts
-    steps = []
-    while engine.busy:
-        steps.append(timed(engine.step))
-    return statistics.median(steps[:-1] or steps), [r.tokens for r in batch]
+    return decode_step_ms(engine, batch), [r.tokens for r in batch]
 
 
 def engine_times(model: GPT, rows: list[int], tokens: int, rounds: int) -> dict:
@@ -132,7 +125,7 @@ def main() -> None:
         report(result | {"skipped": "no oneDNN bf16 GEMM on this machine (avx512_bf16 / amx)"})
         return
     torch.manual_seed(0)
-    model = prepare_for_generation(GPT(ModelConfig(**SHAPE_124M)).eval())
+    model = prepare_for_generation(GPT(ModelConfig(**GPT2_124M)).eval())
     rows = [int(n) for n in args.rows.split(",")]
     result["head"] = head_times(model, rows, args.rounds * 3)
     print("head", result["head"], flush=True)

@@ -118,7 +118,7 @@ def test_without_a_compiler_the_engine_falls_back_and_says_why(monkeypatch, tmp_
     with caplog.at_level(logging.WARNING, logger="scratchlm.infer.native"):
         assert not native.available()
     assert "decode attention uses PyTorch's SDPA" in caplog.text
-    assert not list(tmp_path.rglob("*"))[1:]  # nothing half-written: at most the empty folder
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()]  # nothing half-written
     engine = Engine(model_of("gpt2"), None, max_batch=2)
     assert engine.cache.kernel is False
     monkeypatch.setattr(native, "_tried", False)
