@@ -7,7 +7,7 @@ Two measurements, each alternating the kernel and SDPA in one run:
    8 to 176 tokens long (the serving benchmark's prompts of 8-48 tokens plus up to 128
    generated), all layers in turn so that each layer's keys come from memory, as in a step;
 2. the engine's decode step at the 124M shape (random weights), 8 and 32 greedy rows,
-   ms per step over `--steps` steps after the prompts are read.
+   the median ms of the `--steps` steps after the prompts and 63 tokens (contexts ~100).
 
     python bench/decode_attention.py [--rows 1,8,32] [--rounds 5] [--steps 16] [--threads 1]
 """
